@@ -1,0 +1,19 @@
+//! The sidecar's actors and the pure logic they are built on.
+//!
+//! Map of the crate:
+//! - [`supervisor`]: an OTP-style one-for-one supervisor on ractor (restart with backoff,
+//!   restart intensity, escalation) and the [`supervisor::Slot`] handles that survive restarts.
+//! - [`canonical`]: RFC 8785 canonical JSON and the contract's `eventHash`.
+//! - [`merge`]: preferences merged under server policy (defaults < user < enforced).
+//! - [`token_bucket`]: token-bucket arithmetic shared by the Redis script and the in-memory
+//!   fallback.
+//! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
+//!
+//! Pure logic is plain functions and small structs with unit tests beside them; actors own
+//! I/O and state, and each exposes a small cloneable typed handle.
+
+pub mod breaker;
+pub mod canonical;
+pub mod merge;
+pub mod supervisor;
+pub mod token_bucket;
