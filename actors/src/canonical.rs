@@ -8,9 +8,9 @@
 //! `{"eventType", "payload", "timeBucket", "user_id"}`; the config `ETag` (section 7.1) is
 //! also taken over a JCS form.
 //!
-//! The writer is generic over a [`Sink`] so that the hot path ([`event_hash`], run for every
-//! submitted event) streams the canonical bytes straight into SHA-256 without building an
-//! intermediate `Value` or `String`.
+//! The writer is generic over a private `Sink` trait so that the hot path ([`event_hash`],
+//! run for every submitted event) streams the canonical bytes straight into SHA-256 without
+//! building an intermediate `Value` or `String`.
 
 use std::cmp::Ordering;
 
@@ -406,7 +406,11 @@ mod tests {
             2e-3,
             0.000000000000000000000000001
         ]);
-        let expected = r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#;
+        let expected = concat!(
+            r#"{"literals":[null,true,false],"#,
+            r#""numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"#,
+            r#""string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
         assert_eq!(canonical_json(&value), expected);
     }
 
@@ -438,7 +442,8 @@ mod tests {
         }"#;
         let expected = "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\
                         \"ö\":\"Latin Small Letter O With Diaeresis\",\"€\":\"Euro Sign\",\
-                        \"😀\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}";
+                        \"😀\":\"Emoji: Grinning Face\",\
+                        \"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}";
         assert_eq!(canonical_json(&parse(input)), expected);
     }
 
@@ -688,12 +693,17 @@ mod tests {
         #[test]
         fn canonicalization_is_idempotent(value in json_value()) {
             let once = canonical_json(&value);
-            let twice = canonical_json(&serde_json::from_str(&once).expect("canonical output is JSON"));
+            let reparsed: Value = serde_json::from_str(&once).expect("canonical output is JSON");
+            let twice = canonical_json(&reparsed);
             prop_assert_eq!(once, twice);
         }
 
         #[test]
-        fn streamed_hash_equals_hash_of_text(value in json_value(), user in ".{0,8}", secs in any::<i32>()) {
+        fn streamed_hash_equals_hash_of_text(
+            value in json_value(),
+            user in ".{0,8}",
+            secs in any::<i32>(),
+        ) {
             let t = DateTime::from_timestamp(i64::from(secs), 0).expect("in range").fixed_offset();
             prop_assert_eq!(
                 event_hash("e", &value, t, &user, 60),

@@ -514,7 +514,8 @@ mod tests {
                 }
                 let got = get(&m.preferences, &path);
                 if expected == json!({}) {
-                    prop_assert!(got.is_some_and(Value::is_object), "{:?} in {}", path, m.preferences);
+                    let is_object = got.is_some_and(Value::is_object);
+                    prop_assert!(is_object, "{:?} in {}", path, m.preferences);
                 } else {
                     prop_assert_eq!(got, Some(&expected), "{:?} in {}", path, m.preferences);
                 }
@@ -527,7 +528,7 @@ mod tests {
             let base = json!({"notifications": defaults});
             for path in paths(&m.preferences) {
                 prop_assert!(
-                    get(&base, &path).is_some() || get(&user, &path).is_some() || get(&enforced, &path).is_some(),
+                    [&base, &user, &enforced].iter().any(|layer| get(layer, &path).is_some()),
                     "{:?} invented in {}", path, m.preferences
                 );
             }
@@ -546,7 +547,11 @@ mod tests {
         }
 
         #[test]
-        fn overridden_paths_are_user_paths_that_changed(defaults in value(), user in object(), enforced in object()) {
+        fn overridden_paths_are_user_paths_that_changed(
+            defaults in value(),
+            user in object(),
+            enforced in object(),
+        ) {
             let m = effective_preferences(&defaults, &user, Some(&enforced));
             prop_assert!(m.overridden.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
             for path in &m.overridden {

@@ -770,6 +770,10 @@ mod tests {
         (0.01f64..5000.0, 1.0f64..20_000.0).prop_map(|(rate, burst)| limit(rate, burst))
     }
 
+    fn secs_to_ms(secs: u64) -> i64 {
+        i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+    }
+
     /// A sequence of (milliseconds elapsed, cost) steps.
     fn steps() -> impl Strategy<Value = Vec<(i64, f64)>> {
         prop::collection::vec((0i64..5_000, 0.0f64..3000.0), 1..40)
@@ -813,11 +817,11 @@ mod tests {
             let (after, d) = take(start, &l, 0, cost);
             if !d.allowed {
                 prop_assert!(d.retry_after_secs >= 1);
-                let ms = i64::try_from(d.retry_after_secs).unwrap_or(i64::MAX / 2).saturating_mul(1000);
+                let ms = secs_to_ms(d.retry_after_secs);
                 let (_, later) = take(Some(after), &l, ms, cost);
                 prop_assert!(later.allowed || d.exceeds_burst);
             }
-            let ms = i64::try_from(d.reset_secs).unwrap_or(i64::MAX / 2).saturating_mul(1000);
+            let ms = secs_to_ms(d.reset_secs);
             let (full, _) = take(Some(after), &l, ms, 0.0);
             prop_assert!(full.tokens() >= l.burst - 1e-6);
         }
