@@ -1,1 +1,24 @@
-//! sidecar
+//! sidecar: a Rust service beside a .NET backend (see README.md and ../shared/CONTRACT.md).
+//!
+//! Map of the crate:
+//! - [`app`]: `Application::build(settings)` and `run_until_stopped(shutdown)`.
+//! - [`settings`]: the typed, validated settings tree (CONTRACT.md section 11).
+//! - [`telemetry`]: JSON logs and the Prometheus recorder.
+//! - [`http`]: routes (one module per group), conventions middleware, problem+json.
+//! - [`store`]: the sea-orm connection and migrations at start-up.
+//! - [`readiness`]: probes behind `/health/ready`.
+//! - [`domain`]: the contract's enumerations.
+//!
+//! Actors and pure logic live in the `actors` crate; migrations in `migrations`.
+
+// poem-openapi's `header(name = .., ty = ..)` lists repeat `ty`, which this lint mistakes
+// for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod app;
+pub mod domain;
+pub mod http;
+pub mod readiness;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

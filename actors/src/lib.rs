@@ -7,6 +7,7 @@
 //! - [`merge`]: preferences merged under server policy (defaults < user < enforced).
 //! - [`token_bucket`]: token-bucket arithmetic shared by the Redis script and the in-memory
 //!   fallback.
+//! - [`metric_names`]: every exported metric, described in one place, with its zero series.
 //! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
 //!
 //! Pure logic is plain functions and small structs with unit tests beside them; actors own
@@ -15,5 +16,6 @@
 pub mod breaker;
 pub mod canonical;
 pub mod merge;
+pub mod metric_names;
 pub mod supervisor;
 pub mod token_bucket;

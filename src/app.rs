@@ -1,0 +1,165 @@
+//! Start-up and shutdown of the whole service: [`Application::build`] connects the store,
+//! starts the supervision tree, builds the HTTP application and binds (port 0 works), and
+//! [`Application::run_until_stopped`] serves until a shutdown signal or an escalation.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::supervisor::{Supervisor, SupervisorHandle, SupervisorHealth};
+use anyhow::Context;
+use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
+use poem::Server;
+use sea_orm::DatabaseConnection;
+
+use crate::http::docs::{DocsApi, RenderedDocs};
+use crate::http::health::HealthApi;
+use crate::http::meta::MetaApi;
+use crate::readiness::Readiness;
+use crate::settings::Settings;
+use crate::{store, telemetry};
+
+/// How the service stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// A shutdown signal: exit 0.
+    Stopped,
+    /// The supervision tree escalated: exit non-zero so that Kubernetes restarts the pod.
+    Escalated,
+}
+
+/// How long an escalated service keeps answering `/health/live` 503 before it exits, so
+/// that probes and operators can see why it is going away.
+const ESCALATION_LINGER: Duration = Duration::from_millis(500);
+
+pub struct Application {
+    settings: Arc<Settings>,
+    acceptor: poem::listener::BoxAcceptor,
+    local_addr: SocketAddr,
+    endpoint: poem::endpoint::BoxEndpoint<'static>,
+    supervisor: SupervisorHandle,
+    tree: SupervisorHealth,
+    db: DatabaseConnection,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let db = store::connect(&settings)
+            .await
+            .context("the durable store (DATABASE_URL) is unreachable")?;
+
+        let (supervisor, tree) = Supervisor::builder()
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .start()
+            .await
+            .context("the supervision tree failed to start")?;
+        let actor_names: Vec<String> = tree
+            .children_status()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let metrics = telemetry::metrics_handle();
+        actors::metric_names::register_all(&actor_names, &settings.backpressure.consumers);
+
+        let mut readiness = Readiness::default();
+        readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+
+        let docs = RenderedDocs::default();
+        let apis = (
+            MetaApi,
+            HealthApi {
+                tree: tree.clone(),
+                readiness: Arc::new(readiness),
+                metrics,
+            },
+            DocsApi { docs: docs.clone() },
+        );
+        let max_body = settings.events.max_body_bytes.max(64 * 1024);
+        let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
+
+        let acceptor = TcpListener::bind(settings.bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("the listener has no socket address")?;
+        Ok(Application {
+            settings,
+            acceptor: acceptor.boxed(),
+            local_addr,
+            endpoint: poem::EndpointExt::boxed(endpoint),
+            supervisor,
+            tree,
+            db,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn tree(&self) -> SupervisorHealth {
+        self.tree.clone()
+    }
+
+    /// Serves until `shutdown` resolves (exit 0) or the tree escalates (exit non-zero).
+    /// Either way: stop accepting, finish in-flight requests within the grace period, then
+    /// stop the actors (which flush what they hold) and close the store.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<ExitReason> {
+        let grace = self.settings.shutdown_grace;
+        let tree = self.tree.clone();
+        let (reason_tx, reason_rx) = tokio::sync::oneshot::channel();
+        let signal = async move {
+            let reason = tokio::select! {
+                _ = shutdown => ExitReason::Stopped,
+                _ = tree.escalated() => {
+                    tracing::error!("supervision tree escalated: exiting non-zero");
+                    tokio::time::sleep(ESCALATION_LINGER).await;
+                    ExitReason::Escalated
+                }
+            };
+            tracing::info!(
+                ?reason,
+                "shutting down: no new connections, finishing in-flight requests"
+            );
+            let _ = reason_tx.send(reason);
+        };
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(self.endpoint, signal, Some(grace))
+            .await
+            .context("the HTTP server failed")?;
+        let reason = reason_rx.await.unwrap_or(ExitReason::Stopped);
+        if let Err(err) = self.supervisor.shutdown(grace).await {
+            tracing::warn!(error = %err, "the actor tree did not stop cleanly");
+        }
+        let _ = self.db.close().await;
+        tracing::info!(?reason, "stopped");
+        Ok(reason)
+    }
+}
+
+/// Ready when the durable store answers.
+struct StoreProbe {
+    db: DatabaseConnection,
+}
+
+impl crate::readiness::ReadinessProbe for StoreProbe {
+    fn check(&self) -> futures::future::BoxFuture<'_, Vec<crate::readiness::ProbeReport>> {
+        Box::pin(async move {
+            let ready = store::ping(&self.db).await;
+            vec![crate::readiness::ProbeReport {
+                name: "store".into(),
+                ready,
+                detail: (!ready).then(|| "the durable store does not answer".into()),
+            }]
+        })
+    }
+}
