@@ -417,9 +417,8 @@ mod tests {
     /// JCS hashes agree across implementations only if every party reads decimal text as
     /// the nearest double. serde_json does that only with its `float_roundtrip` feature;
     /// without it `333333333.33333329` reads one ULP low and hashes differently from a
-    /// JavaScript or .NET client. Un-ignore once the workspace enables the feature.
+    /// JavaScript or .NET client; the workspace enables it.
     #[test]
-    #[ignore = "needs serde_json's float_roundtrip feature in the workspace Cargo.toml"]
     fn serde_json_parses_decimal_text_to_the_nearest_double() {
         let parsed: f64 = serde_json::from_str("333333333.33333329").expect("parses");
         assert_eq!(parsed, 333333333.33333329_f64);
