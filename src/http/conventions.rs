@@ -102,7 +102,7 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
             route = %route,
             status,
             duration_ms = elapsed * 1000.0,
-            client_ip = ?ctx.client_ip,
+            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             "request"
         );
         Ok(response)

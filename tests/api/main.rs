@@ -6,3 +6,4 @@ mod helpers;
 mod conventions;
 mod health;
 mod process;
+mod supervision;
