@@ -13,6 +13,7 @@ use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::abuse::{AbuseControls, RateLimitProbe};
 use crate::http::docs::{DocsApi, RenderedDocs};
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
@@ -41,6 +42,7 @@ pub struct Application {
     supervisor: SupervisorHandle,
     tree: SupervisorHealth,
     db: DatabaseConnection,
+    abuse: AbuseControls,
 }
 
 impl Application {
@@ -59,8 +61,20 @@ impl Application {
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
+        let jetstream = match &settings.nats_url {
+            Some(url) => Some(async_nats::jetstream::new(
+                connect_nats(url.expose()).await?,
+            )),
+            None => None,
+        };
+        // Until the outbox reports its backlog here, it counts as empty.
+        let backlog: Arc<dyn actors::backpressure::OutboxBacklog> =
+            Arc::new(actors::backpressure::NoBacklog);
+        let (abuse, controller) = crate::abuse::build(&settings, jetstream, backlog).await?;
+
         let mut tree_builder = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .child(controller);
         for child in extra_children {
             tree_builder = tree_builder.child(child);
         }
@@ -78,6 +92,10 @@ impl Application {
 
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+        readiness.add(Arc::new(RateLimitProbe {
+            limiter: abuse.limiter.clone(),
+            redis_configured: settings.redis_url.is_some(),
+        }));
 
         let docs = RenderedDocs::default();
         let apis = (
@@ -109,6 +127,7 @@ impl Application {
             supervisor,
             tree,
             db,
+            abuse,
         })
     }
 
@@ -118,6 +137,11 @@ impl Application {
 
     pub fn tree(&self) -> SupervisorHealth {
         self.tree.clone()
+    }
+
+    /// The rate limiter and backpressure signal `/events` consults.
+    pub fn abuse_controls(&self) -> AbuseControls {
+        self.abuse.clone()
     }
 
     /// Serves until `shutdown` resolves (exit 0) or the tree escalates (exit non-zero).
@@ -153,10 +177,22 @@ impl Application {
         if let Err(err) = self.supervisor.shutdown(grace).await {
             tracing::warn!(error = %err, "the actor tree did not stop cleanly");
         }
+        self.abuse.limiter.close().await;
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)
     }
+}
+
+/// A NATS client that connects (and reconnects) in the background: NATS being down at
+/// start-up delays publishing and blinds backpressure to the consumer lag, nothing more.
+async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .context("NATS_URL")
 }
 
 /// Ready when the durable store answers.

@@ -9,13 +9,19 @@
 //!   fallback.
 //! - [`metric_names`]: every exported metric, described in one place, with its zero series.
 //! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
+//! - [`rate_limiter`]: the `/events` token buckets, shared in Redis (one Lua script) with an
+//!   in-memory fallback; a cloneable handle called from the request task.
+//! - [`backpressure`]: the controller actor that watches JetStream consumer lag and the
+//!   outbox backlog, and the signal `/events` reads without a round trip.
 //!
 //! Pure logic is plain functions and small structs with unit tests beside them; actors own
 //! I/O and state, and each exposes a small cloneable typed handle.
 
+pub mod backpressure;
 pub mod breaker;
 pub mod canonical;
 pub mod merge;
 pub mod metric_names;
+pub mod rate_limiter;
 pub mod supervisor;
 pub mod token_bucket;

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod abuse;
 mod conventions;
 mod health;
 mod process;
