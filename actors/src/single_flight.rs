@@ -19,9 +19,12 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, Option<V>>>;
 
+/// The flights by key, each with the id of the call that started it.
+type Registry<K, V> = Arc<Mutex<HashMap<K, (u64, Flight<V>)>>>;
+
 /// In-flight work by key. Cloning shares the same set of flights.
 pub struct SingleFlight<K, V> {
-    flights: Arc<Mutex<HashMap<K, (u64, Flight<V>)>>>,
+    flights: Registry<K, V>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -104,7 +107,7 @@ where
 
 /// Removes its flight from the registry when dropped (completion or panic).
 struct Forget<K: Hash + Eq, V> {
-    registry: Arc<Mutex<HashMap<K, (u64, Flight<V>)>>>,
+    registry: Registry<K, V>,
     key: Option<K>,
     id: u64,
 }
@@ -114,7 +117,10 @@ impl<K: Hash + Eq, V> Drop for Forget<K, V> {
         let Some(key) = self.key.take() else { return };
         let mut flights = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         // Only this flight's own entry: a newer flight for the key is not ours to remove.
-        if flights.get(&key).is_some_and(|(owner, _)| *owner == self.id) {
+        if flights
+            .get(&key)
+            .is_some_and(|(owner, _)| *owner == self.id)
+        {
             flights.remove(&key);
         }
     }

@@ -9,19 +9,20 @@
 use poem_openapi::{Object, Union};
 
 use crate::domain::{AccountStatus, AgeGroup, UserRole};
+use crate::http::text::Text;
 
 /// `POST /auth/login`.
 #[derive(Object)]
 pub struct LoginRequest {
     /// 3..254 characters, containing `@`.
     #[oai(validator(min_length = 3, max_length = 254, pattern = "@"))]
-    pub email: String,
+    pub email: Text,
     /// 1..1024 characters. Never logged.
     #[oai(validator(min_length = 1, max_length = 1024))]
-    pub password: String,
+    pub password: Text,
     /// 1..128 characters.
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub device_id: String,
+    pub device_id: Text,
 }
 
 /// `POST /auth/mfa/verify`.
@@ -29,10 +30,10 @@ pub struct LoginRequest {
 pub struct MfaVerifyRequest {
     /// From the `MFA_REQUIRED` login answer; 1..128 characters.
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub challenge_id: String,
+    pub challenge_id: Text,
     /// Exactly 6 ASCII digits. Never logged.
     #[oai(validator(pattern = "^[0-9]{6}$"))]
-    pub otp_code: String,
+    pub otp_code: Text,
 }
 
 /// `POST /auth/refresh`.
@@ -40,10 +41,10 @@ pub struct MfaVerifyRequest {
 pub struct RefreshRequest {
     /// The refresh token of the last pair; single-use. 1..4096 characters. Never logged.
     #[oai(validator(min_length = 1, max_length = 4096))]
-    pub refresh_token: String,
+    pub refresh_token: Text,
     /// 1..128 characters.
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub device_id: String,
+    pub device_id: Text,
 }
 
 /// `POST /auth/logout`.
@@ -51,7 +52,7 @@ pub struct RefreshRequest {
 pub struct LogoutRequest {
     /// The session to end (`Tokens.session_id`); 1..128 characters.
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub session_id: String,
+    pub session_id: Text,
 }
 
 /// A token pair issued by .NET. The sidecar never mints, alters or stores one.
@@ -59,13 +60,13 @@ pub struct LogoutRequest {
 pub struct Tokens {
     /// Bearer access token (10 minutes).
     #[oai(validator(min_length = 1))]
-    pub access_token: String,
+    pub access_token: Text,
     /// Single-use refresh token (14 days); every refresh returns a new one.
     #[oai(validator(min_length = 1))]
-    pub refresh_token: String,
+    pub refresh_token: Text,
     /// Always `Bearer`.
     #[oai(validator(pattern = "^Bearer$"))]
-    pub token_type: String,
+    pub token_type: Text,
     /// Seconds the access token lives (600).
     #[oai(validator(minimum(value = "0")))]
     pub expires_in: i64,
@@ -74,14 +75,14 @@ pub struct Tokens {
     pub refresh_expires_in: i64,
     /// The session (refresh-token family) these tokens belong to.
     #[oai(validator(min_length = 1))]
-    pub session_id: String,
+    pub session_id: Text,
 }
 
 /// The user the tokens were issued to.
 #[derive(Object, Clone)]
 pub struct User {
-    pub id: String,
-    pub email: String,
+    pub id: Text,
+    pub email: Text,
     pub role: UserRole,
     pub status: AccountStatus,
     pub age_group: AgeGroup,
@@ -92,7 +93,7 @@ pub struct User {
 #[derive(Object, Clone)]
 pub struct MfaChallenge {
     #[oai(validator(min_length = 1))]
-    pub challenge_id: String,
+    pub challenge_id: Text,
     /// Seconds left to answer it.
     #[oai(validator(minimum(value = "0")))]
     pub challenge_expires_in: i64,

@@ -95,9 +95,9 @@ impl AuthService {
             Err(err) => format!("the logout at .NET failed: {err}"),
         };
         tracing::warn!(
-            user_id = %auth.user.id,
+            user_id = %auth.user.id.as_str(),
             role = ?auth.user.role,
-            session_id = %auth.tokens.session_id,
+            session_id = %auth.tokens.session_id.as_str(),
             logout = %logout,
             "admin login without MFA refused: tokens withheld"
         );
@@ -131,7 +131,8 @@ impl AuthService {
         let key: [u8; 32] = hasher.finalize().into();
         let bridge = self.bridge.clone();
         let body = json!({ "refresh_token": req.refresh_token, "device_id": req.device_id });
-        self.refreshes
+        let shared = self
+            .refreshes
             .run(key, move || async move {
                 call_json(
                     &bridge,
@@ -140,8 +141,12 @@ impl AuthService {
                 )
                 .await
             })
-            .await
-            .unwrap_or_else(|| Err(Problem::internal()))
+            .await;
+        match shared {
+            Some(answer) => answer,
+            // The flight panicked; it has been logged by the panic hook.
+            None => Err(Problem::internal()),
+        }
     }
 
     /// `POST /auth/logout` for the authenticated `caller`, with the caller's token.
@@ -189,8 +194,6 @@ async fn call_json<T: ParseFromJSON>(
         // The parser may quote a value (a token): only the sanitized reason is logged.
         let reason = sanitize_detail(err.message());
         tracing::warn!(%operation, %reason, "the .NET answer is not the contract");
-        Problem::upstream_error(format!(
-            "the .NET {operation} answer is not the contract"
-        ))
+        Problem::upstream_error(format!("the .NET {operation} answer is not the contract"))
     })
 }

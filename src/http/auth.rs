@@ -22,8 +22,16 @@ const NO_STORE: &str = "no-store";
 
 #[derive(ApiResponse)]
 #[oai(
-    header(name = "X-Contract-Version", ty = "String", description = "Always `1`."),
-    header(name = "X-Request-Id", ty = "String", description = "The client's request id, or a new UUID.")
+    header(
+        name = "X-Contract-Version",
+        ty = "String",
+        description = "Always `1`."
+    ),
+    header(
+        name = "X-Request-Id",
+        ty = "String",
+        description = "The client's request id, or a new UUID."
+    )
 )]
 pub enum LoginResponse {
     /// `MFA_REQUIRED` with a challenge, or `AUTHENTICATED` with the tokens.
@@ -38,8 +46,16 @@ pub enum LoginResponse {
 
 #[derive(ApiResponse)]
 #[oai(
-    header(name = "X-Contract-Version", ty = "String", description = "Always `1`."),
-    header(name = "X-Request-Id", ty = "String", description = "The client's request id, or a new UUID.")
+    header(
+        name = "X-Contract-Version",
+        ty = "String",
+        description = "Always `1`."
+    ),
+    header(
+        name = "X-Request-Id",
+        ty = "String",
+        description = "The client's request id, or a new UUID."
+    )
 )]
 pub enum MfaVerifyResponse {
     /// `AUTHENTICATED` with the tokens.
@@ -54,8 +70,16 @@ pub enum MfaVerifyResponse {
 
 #[derive(ApiResponse)]
 #[oai(
-    header(name = "X-Contract-Version", ty = "String", description = "Always `1`."),
-    header(name = "X-Request-Id", ty = "String", description = "The client's request id, or a new UUID.")
+    header(
+        name = "X-Contract-Version",
+        ty = "String",
+        description = "Always `1`."
+    ),
+    header(
+        name = "X-Request-Id",
+        ty = "String",
+        description = "The client's request id, or a new UUID."
+    )
 )]
 pub enum RefreshResponse {
     /// The new pair; the refresh token presented is spent.
@@ -70,8 +94,16 @@ pub enum RefreshResponse {
 
 #[derive(ApiResponse)]
 #[oai(
-    header(name = "X-Contract-Version", ty = "String", description = "Always `1`."),
-    header(name = "X-Request-Id", ty = "String", description = "The client's request id, or a new UUID.")
+    header(
+        name = "X-Contract-Version",
+        ty = "String",
+        description = "Always `1`."
+    ),
+    header(
+        name = "X-Request-Id",
+        ty = "String",
+        description = "The client's request id, or a new UUID."
+    )
 )]
 pub enum LogoutResponse {
     /// .NET revoked the session.

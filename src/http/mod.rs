@@ -5,6 +5,7 @@
 //! - [`problem`]: the one mapping of errors to problem+json.
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
+//! - [`text`]: a strict JSON string type for DTO fields.
 //! - [`meta`], [`health`], [`docs`], [`auth`]: one `#[OpenApi]` struct per route group.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod meta;
 pub mod problem;
 pub mod security;
+pub mod text;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //! refusing to remember garbage keeps the cache for real callers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actors::bridge::{BridgeHandle, ForwardHeaders, Operation, UpstreamError, UpstreamRequest};
@@ -107,7 +107,10 @@ impl IntrospectionCache {
 /// What one introspection said.
 #[derive(Clone)]
 enum Answer {
-    Active { identity: Identity, exp: Option<i64> },
+    Active {
+        identity: Identity,
+        exp: Option<i64>,
+    },
     Inactive,
 }
 
@@ -136,11 +139,16 @@ impl Introspector {
         let identity = match cached {
             Some(identity) => identity,
             None => {
-                let (bridge, body, forward) =
-                    (self.bridge.clone(), json!({ "token": token }), forward.clone());
+                let (bridge, body, forward) = (
+                    self.bridge.clone(),
+                    json!({ "token": token }),
+                    forward.clone(),
+                );
                 let answer = self
                     .flights
-                    .run(key, move || async move { introspect(bridge, body, forward).await })
+                    .run(key, move || async move {
+                        introspect(bridge, body, forward).await
+                    })
                     .await
                     .unwrap_or(Err(UpstreamError::BadGateway(
                         "introspection failed".into(),
@@ -181,7 +189,9 @@ async fn introspect(
     forward: ForwardHeaders,
 ) -> Result<Answer, UpstreamError> {
     let resp = bridge
-        .call(UpstreamRequest::post(Operation::Introspect, "/auth/introspect", body).forward(forward))
+        .call(
+            UpstreamRequest::post(Operation::Introspect, "/auth/introspect", body).forward(forward),
+        )
         .await?;
     if !resp.is_success() {
         return Err(UpstreamError::BadGateway(format!(
@@ -267,7 +277,13 @@ mod tests {
         let mut cache = IntrospectionCache::new(3);
         let now = Instant::now();
         for i in 0..10u8 {
-            cache.insert([i; 32], alice(), Some(1_000 + 60 + i64::from(i)), 1_000, now);
+            cache.insert(
+                [i; 32],
+                alice(),
+                Some(1_000 + 60 + i64::from(i)),
+                1_000,
+                now,
+            );
             assert!(cache.len() <= 3);
         }
         assert!(cache.get(&[9; 32], now).is_some(), "the newest is kept");

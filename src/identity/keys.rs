@@ -1,10 +1,13 @@
 //! The JWKS key cache (contract 3.5): keys fetched from the JWKS through the bridge (same
 //! breaker as every other call to .NET), kept and refreshed by these rules:
 //!
-//! - keys are refreshed in the background once they are [`REFRESH_AFTER`] old;
+//! - keys are fetched on first use, and refreshed in the background once they are
+//!   [`REFRESH_AFTER`] old (a failed refresh is tried again at most once per
+//!   [`REFETCH_THROTTLE`]);
 //! - a `kid` the cache does not hold triggers one refetch, at most once per
-//!   [`REFETCH_THROTTLE`] (counting every fetch attempt), so a stream of forged `kid`s
-//!   cannot turn into a stream of calls to .NET;
+//!   [`REFETCH_THROTTLE`], so a stream of forged `kid`s cannot become a stream of calls to
+//!   .NET (the first fetch and the background refreshes do not count against it, so a key
+//!   rotated in just after start-up is picked up at once);
 //! - when the JWKS cannot be fetched, the keys held stay valid for [`MAX_STALE`] after the
 //!   last successful fetch; past that, or with no keys at all, tokens cannot be judged and
 //!   the answer is 503, never a misleading 401;
@@ -13,7 +16,6 @@
 //! [`KeyState`] holds the rules as plain functions of `now`, tested on tokio's paused clock;
 //! [`KeyCache`] adds the fetching.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -57,8 +59,10 @@ pub struct KeyState {
     keys: Vec<Arc<VerifyingKey>>,
     /// Last successful fetch.
     fetched_at: Option<Instant>,
-    /// Last fetch attempt, successful or not (the refetch throttle).
+    /// Last fetch attempt, successful or not (throttles background refreshes).
     attempted_at: Option<Instant>,
+    /// Last refetch caused by an unknown `kid` (the refetch throttle).
+    kid_refetched_at: Option<Instant>,
     /// Whether the last attempt failed.
     last_failed: bool,
 }
@@ -75,13 +79,20 @@ impl KeyState {
     pub fn refresh_due(&self, now: Instant) -> bool {
         self.fetched_at
             .is_none_or(|at| now.saturating_duration_since(at) >= REFRESH_AFTER)
-            && self.refetch_allowed(now)
+            && self
+                .attempted_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= REFETCH_THROTTLE)
     }
 
-    /// Whether the throttle lets one more fetch go now.
+    /// Whether an unknown `kid` may trigger a refetch now.
     pub fn refetch_allowed(&self, now: Instant) -> bool {
-        self.attempted_at
+        self.kid_refetched_at
             .is_none_or(|at| now.saturating_duration_since(at) >= REFETCH_THROTTLE)
+    }
+
+    /// An unknown `kid` is about to trigger a refetch.
+    pub fn kid_refetch_started(&mut self, now: Instant) {
+        self.kid_refetched_at = Some(now);
     }
 
     /// Whether the last fetch attempt failed (an unknown `kid` then cannot be judged).
@@ -184,26 +195,38 @@ impl KeyCache {
                 }
                 Ok(Some(keys))
             }
-            Lookup::Unknown | Lookup::NoKeys => {
-                let fetched = if refetch_allowed || matches!(lookup, Lookup::NoKeys) {
-                    Some(self.fetch(forward).await)
-                } else {
-                    None
-                };
-                let state = self.state();
-                match state.lookup(kid, alg, Instant::now()) {
-                    Lookup::Found(keys) => Ok(Some(keys)),
-                    // A failed fetch means the kid might be a new key we cannot see yet:
-                    // no verdict rather than a misleading 401.
-                    Lookup::Unknown if state.last_fetch_failed() => Err(KeysUnavailable {
-                        retry_after: retry_after_of(fetched),
-                    }),
-                    Lookup::Unknown => Ok(None),
-                    Lookup::NoKeys => Err(KeysUnavailable {
-                        retry_after: retry_after_of(fetched),
-                    }),
-                }
+            Lookup::NoKeys => {
+                let fetched = Some(self.fetch(forward).await);
+                self.after_fetch(kid, alg, fetched)
             }
+            Lookup::Unknown if refetch_allowed => {
+                self.state().kid_refetch_started(Instant::now());
+                let fetched = Some(self.fetch(forward).await);
+                self.after_fetch(kid, alg, fetched)
+            }
+            Lookup::Unknown => self.after_fetch(kid, alg, None),
+        }
+    }
+
+    /// The verdict once a fetch (if any) is done.
+    fn after_fetch(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        fetched: Option<Result<(), UpstreamError>>,
+    ) -> Result<Option<Vec<Arc<VerifyingKey>>>, KeysUnavailable> {
+        let state = self.state();
+        match state.lookup(kid, alg, Instant::now()) {
+            Lookup::Found(keys) => Ok(Some(keys)),
+            // The last fetch failed, so the kid may be a new key we cannot see yet: no
+            // verdict rather than a misleading 401.
+            Lookup::Unknown if state.last_fetch_failed() => Err(KeysUnavailable {
+                retry_after: retry_after_of(fetched),
+            }),
+            Lookup::Unknown => Ok(None),
+            Lookup::NoKeys => Err(KeysUnavailable {
+                retry_after: retry_after_of(fetched),
+            }),
         }
     }
 
@@ -256,7 +279,11 @@ impl KeyCache {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or_else(|| UpstreamError::BadGateway("the JWKS has no `keys` array".into()))?;
-        Ok(keys.iter().filter_map(verifying_key).map(Arc::new).collect())
+        Ok(keys
+            .iter()
+            .filter_map(verifying_key)
+            .map(Arc::new)
+            .collect())
     }
 }
 
@@ -335,18 +362,36 @@ mod tests {
     async fn held_keys_serve_for_an_hour_after_the_last_success() {
         let mut s = KeyState::default();
         let t0 = Instant::now();
-        assert!(matches!(s.lookup(Some("a"), Algorithm::RS256, t0), Lookup::NoKeys));
+        assert!(matches!(
+            s.lookup(Some("a"), Algorithm::RS256, t0),
+            Lookup::NoKeys
+        ));
         s.attempt_started(t0);
         s.fetched(vec![key("a")], t0);
-        assert!(matches!(s.lookup(Some("a"), Algorithm::RS256, t0), Lookup::Found(_)));
-        assert!(matches!(s.lookup(Some("b"), Algorithm::RS256, t0), Lookup::Unknown));
-        assert!(matches!(s.lookup(Some("a"), Algorithm::ES256, t0), Lookup::Unknown));
-        assert!(matches!(s.lookup(None, Algorithm::RS256, t0), Lookup::Found(_)));
+        assert!(matches!(
+            s.lookup(Some("a"), Algorithm::RS256, t0),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            s.lookup(Some("b"), Algorithm::RS256, t0),
+            Lookup::Unknown
+        ));
+        assert!(matches!(
+            s.lookup(Some("a"), Algorithm::ES256, t0),
+            Lookup::Unknown
+        ));
+        assert!(matches!(
+            s.lookup(None, Algorithm::RS256, t0),
+            Lookup::Found(_)
+        ));
         tokio::time::advance(MAX_STALE).await;
         let t1 = Instant::now();
         s.attempt_started(t1);
         s.failed();
-        assert!(matches!(s.lookup(Some("a"), Algorithm::RS256, t1), Lookup::Found(_)));
+        assert!(matches!(
+            s.lookup(Some("a"), Algorithm::RS256, t1),
+            Lookup::Found(_)
+        ));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(matches!(
             s.lookup(Some("a"), Algorithm::RS256, Instant::now()),
@@ -361,6 +406,10 @@ mod tests {
         assert!(s.refetch_allowed(t0) && s.refresh_due(t0));
         s.attempt_started(t0);
         s.fetched(vec![key("a")], t0);
+        assert!(s.refetch_allowed(t0), "the first fetch does not count");
+        s.kid_refetch_started(t0);
+        s.attempt_started(t0);
+        s.fetched(vec![key("a")], t0);
         assert!(!s.refetch_allowed(t0));
         tokio::time::advance(REFETCH_THROTTLE - Duration::from_millis(1)).await;
         assert!(!s.refetch_allowed(Instant::now()));
@@ -368,6 +417,15 @@ mod tests {
         assert!(s.refetch_allowed(Instant::now()));
         assert!(!s.refresh_due(Instant::now()));
         tokio::time::advance(REFRESH_AFTER).await;
+        let t1 = Instant::now();
+        assert!(s.refresh_due(t1));
+        s.attempt_started(t1);
+        s.failed();
+        assert!(
+            !s.refresh_due(t1),
+            "a failed refresh waits for the throttle"
+        );
+        tokio::time::advance(REFETCH_THROTTLE).await;
         assert!(s.refresh_due(Instant::now()));
     }
 
@@ -376,6 +434,9 @@ mod tests {
         let mut s = KeyState::default();
         let t0 = Instant::now();
         s.fetched(Vec::new(), t0);
-        assert!(matches!(s.lookup(Some("a"), Algorithm::RS256, t0), Lookup::NoKeys));
+        assert!(matches!(
+            s.lookup(Some("a"), Algorithm::RS256, t0),
+            Lookup::NoKeys
+        ));
     }
 }

@@ -44,7 +44,9 @@ pub enum Rejection {
     /// Introspection said `active: false`.
     Inactive,
     /// No keys to judge with: 503.
-    CannotJudge { retry_after: u64 },
+    CannotJudge {
+        retry_after: u64,
+    },
     /// .NET could not be asked: 503 (or 502 for an off-contract answer).
     Upstream(UpstreamError),
 }

@@ -3,6 +3,9 @@
 
 mod helpers;
 
+mod auth;
+mod bridge;
 mod conventions;
 mod health;
+mod identity;
 mod process;

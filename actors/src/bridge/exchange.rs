@@ -79,7 +79,10 @@ pub enum Attempt {
     /// A status below 300, or a 4xx, with a JSON (or empty) body.
     Answer(UpstreamResponse),
     /// A 5xx; its `Retry-After` in whole seconds, when it sent one.
-    ServerError { status: u16, retry_after: Option<u64> },
+    ServerError {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// The connection failed before the request was written: safe to retry anything.
     Connect,
     /// No answer within the call timeout. .NET may have acted.
@@ -120,9 +123,7 @@ impl Attempt {
     pub fn retryable(&self, policy: RetryPolicy) -> bool {
         match self {
             Attempt::Connect => true,
-            Attempt::ServerError { .. } | Attempt::Interrupted => {
-                policy == RetryPolicy::Idempotent
-            }
+            Attempt::ServerError { .. } | Attempt::Interrupted => policy == RetryPolicy::Idempotent,
             Attempt::Answer(_) | Attempt::Timeout | Attempt::OffContract(_) => false,
         }
     }

@@ -78,7 +78,7 @@ impl BridgeHandle {
             max_elapsed_time: Some(self.backoff.max_elapsed),
             ..ExponentialBackoff::default()
         };
-        let result = backoff::future::retry(backoff, || {
+        backoff::future::retry(backoff, || {
             let prepared = Arc::clone(&prepared);
             let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             async move {
@@ -92,8 +92,7 @@ impl BridgeHandle {
                 }
             }
         })
-        .await;
-        result
+        .await
     }
 
     /// One attempt through the bridge actor.

@@ -288,6 +288,9 @@ mod tests {
         )
         .bearer("tok.en.x");
         let shown = format!("{req:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("tok.en.x"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok.en.x"),
+            "{shown}"
+        );
     }
 }
