@@ -7,15 +7,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::breaker::BreakerConfig;
+use actors::bridge::BridgeConfig;
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::auth::AuthService;
+use crate::http::auth::AuthApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::identity::Identity;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
@@ -59,8 +64,12 @@ impl Application {
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
+        // The bridge to .NET: every call to .NET goes through it (contract section 9).
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+
         let mut tree_builder = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .child(bridge_spec);
         for child in extra_children {
             tree_builder = tree_builder.child(child);
         }
@@ -79,8 +88,14 @@ impl Application {
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
 
+        // Who the caller is (contract 3.5), for every route with the bearer scheme.
+        let authenticator = Identity::new(settings.jwt.as_ref(), bridge.clone()).shared();
+
         let docs = RenderedDocs::default();
         let apis = (
+            AuthApi {
+                service: Arc::new(AuthService::new(bridge.clone(), settings.enforce_admin_mfa)),
+            },
             MetaApi,
             HealthApi {
                 tree: tree.clone(),
@@ -90,7 +105,13 @@ impl Application {
             DocsApi { docs: docs.clone() },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
-        let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
+        let endpoint = crate::http::build(
+            apis,
+            docs,
+            settings.trusted_proxies.clone(),
+            max_body,
+            authenticator,
+        );
 
         let acceptor = TcpListener::bind(settings.bind)
             .into_acceptor()
@@ -156,6 +177,25 @@ impl Application {
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)
+    }
+}
+
+/// The bridge's settings: `DOTNET_*` and the `CIRCUIT_*` thresholds.
+fn bridge_config(settings: &Settings) -> BridgeConfig {
+    let c = &settings.circuit;
+    BridgeConfig {
+        base_url: settings.dotnet.base_url.clone(),
+        timeout: settings.dotnet.timeout,
+        breaker: BreakerConfig {
+            failure_rate_pct: c.failure_rate_pct,
+            min_calls: c.min_calls,
+            window: c.window,
+            open_for: c.open_for,
+            half_open_probes: c.half_open_probes,
+            slow_call: settings.dotnet.slow_call,
+            slow_call_rate_pct: c.slow_call_rate_pct,
+            call_timeout: settings.dotnet.timeout,
+        },
     }
 }
 

@@ -9,13 +9,19 @@
 //!   fallback.
 //! - [`metric_names`]: every exported metric, described in one place, with its zero series.
 //! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
+//! - [`bridge`]: the `DotnetBridge` actor (HTTP client + breaker + retries) and its
+//!   [`bridge::BridgeHandle`], through which every call to .NET goes.
+//! - [`single_flight`]: identical concurrent requests sharing one execution (refresh
+//!   coalescing, JWKS and introspection fetches).
 //!
 //! Pure logic is plain functions and small structs with unit tests beside them; actors own
 //! I/O and state, and each exposes a small cloneable typed handle.
 
 pub mod breaker;
+pub mod bridge;
 pub mod canonical;
 pub mod merge;
 pub mod metric_names;
+pub mod single_flight;
 pub mod supervisor;
 pub mod token_bucket;

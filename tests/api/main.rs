@@ -3,8 +3,11 @@
 
 mod helpers;
 
+mod auth;
+mod bridge;
 mod conventions;
 mod docs_browser;
 mod health;
+mod identity;
 mod process;
 mod supervision;
