@@ -14,6 +14,7 @@ use poem::Server;
 use sea_orm::DatabaseConnection;
 
 use crate::http::docs::{DocsApi, RenderedDocs};
+use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
 use crate::readiness::Readiness;
@@ -50,8 +51,13 @@ impl Application {
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
-        let (supervisor, tree) = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+        let events = crate::events::build(&settings, &db).await?;
+        let mut tree_builder = Supervisor::builder()
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
+        for child in events.children {
+            tree_builder = tree_builder.child(child);
+        }
+        let (supervisor, tree) = tree_builder
             .start()
             .await
             .context("the supervision tree failed to start")?;
@@ -65,6 +71,7 @@ impl Application {
 
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+        readiness.add(events.probe);
 
         let docs = RenderedDocs::default();
         let apis = (
@@ -75,6 +82,9 @@ impl Application {
                 metrics,
             },
             DocsApi { docs: docs.clone() },
+            EventsApi {
+                ingest: events.ingest,
+            },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
         let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);

@@ -5,6 +5,7 @@
 //! - [`settings`]: the typed, validated settings tree (CONTRACT.md section 11).
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
 //! - [`http`]: routes (one module per group), conventions middleware, problem+json.
+//! - [`events`]: wiring of the event path's actors and the `POST /events` handle.
 //! - [`store`]: the sea-orm connection and migrations at start-up.
 //! - [`readiness`]: probes behind `/health/ready`.
 //! - [`domain`]: the contract's enumerations.
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod readiness;
 pub mod settings;

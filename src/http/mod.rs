@@ -5,12 +5,14 @@
 //! - [`problem`]: the one mapping of errors to problem+json.
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
+//! - [`events`]: `POST /events`.
 //! - [`meta`], [`health`], [`docs`]: one `#[OpenApi]` struct per route group.
 
 pub mod client_ip;
 pub mod context;
 pub mod conventions;
 pub mod docs;
+pub mod events;
 pub mod health;
 pub mod meta;
 pub mod problem;
