@@ -17,9 +17,17 @@ use crate::http::docs::{DocsApi, RenderedDocs};
 use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::security::SharedAuthenticator;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
+
+/// Parts of the application a caller may supply instead of the ones built from settings.
+#[derive(Default)]
+pub struct Overrides {
+    /// Judges bearer tokens instead of the configured authenticator.
+    pub authenticator: Option<SharedAuthenticator>,
+}
 
 /// How the service stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +54,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    /// [`Application::build`] with parts replaced (what the integration tests use).
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
             .await
@@ -88,6 +101,7 @@ impl Application {
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
         let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
+        let endpoint = poem::EndpointExt::data_opt(endpoint, overrides.authenticator);
 
         let acceptor = TcpListener::bind(settings.bind)
             .into_acceptor()

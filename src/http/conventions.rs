@@ -68,6 +68,9 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
             }
             match self.inner.call(req).await {
                 Ok(resp) => resp.into_response(),
+                // A handler's typed error answer (a `ProblemResponse`), which poem-openapi
+                // carries as an error holding the response: keep it as it is.
+                Err(err) if err.is_from_response() => err.into_response(),
                 Err(err) => {
                     let problem = from_poem_error(&err);
                     if problem.status.is_server_error() && problem.code == "internal_error" {

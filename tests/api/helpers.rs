@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sidecar::app::{Application, ExitReason};
+use sidecar::app::{Application, ExitReason, Overrides};
+use sidecar::http::problem::Problem;
+use sidecar::http::security::{Authenticator, Caller, SharedAuthenticator};
 use sidecar::settings::Settings;
 use tokio::task::JoinHandle;
 
@@ -117,6 +119,7 @@ pub struct TestAppBuilder {
     env: HashMap<String, String>,
     store: Store,
     database_url: Option<String>,
+    test_auth: bool,
 }
 
 impl TestAppBuilder {
@@ -127,6 +130,13 @@ impl TestAppBuilder {
 
     pub fn store(mut self, store: Store) -> Self {
         self.store = store;
+        self
+    }
+
+    /// TEST-ONLY: bearer tokens `test-user:<id>` authenticate as user `<id>` (see
+    /// [`TestAuthenticator`]); nothing in the binary can install this.
+    pub fn test_auth(mut self) -> Self {
+        self.test_auth = true;
         self
     }
 
@@ -176,7 +186,12 @@ impl TestAppBuilder {
         };
         env.insert("DATABASE_URL".into(), url.clone());
         let settings = Settings::from_map(&env).expect("test settings are valid");
-        let app = Application::build(settings)
+        let overrides = Overrides {
+            authenticator: self
+                .test_auth
+                .then(|| Arc::new(TestAuthenticator) as SharedAuthenticator),
+        };
+        let app = Application::build_with(settings, overrides)
             .await
             .expect("the application starts");
         let addr = app.local_addr();
@@ -219,6 +234,7 @@ impl TestApp {
             env: HashMap::new(),
             store: Store::Default,
             database_url: None,
+            test_auth: false,
         }
     }
 
@@ -478,5 +494,29 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// TEST-ONLY authenticator: `test-user:<id>` is user `<id>`; anything else is 401. Lives in
+/// the test harness only, so the binary can never accept such a token.
+pub struct TestAuthenticator;
+
+impl Authenticator for TestAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Caller, Problem>> {
+        Box::pin(async move {
+            match token.strip_prefix("test-user:") {
+                Some(user) if !user.is_empty() => Ok(Caller {
+                    user_id: user.to_owned(),
+                    role: Some("USER".into()),
+                    session_id: None,
+                    age_group: None,
+                    token: token.to_owned(),
+                }),
+                _ => Err(Problem::unauthorized("not a test token")),
+            }
+        })
     }
 }

@@ -4,5 +4,8 @@
 mod helpers;
 
 mod conventions;
+mod event_faults;
+mod event_support;
+mod events;
 mod health;
 mod process;

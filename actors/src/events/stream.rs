@@ -87,10 +87,15 @@ pub fn subject(event_type: &str) -> String {
 /// the contract's body.
 pub fn publish_of(row: &EventRow, received_at: DateTime<Utc>) -> Publish {
     let mut headers = async_nats::HeaderMap::new();
+    // Set in the map itself: `Publish::headers` replaces the map, so a `message_id` set
+    // before it would be lost.
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        row.event_id.hyphenated().to_string().as_str(),
+    );
     headers.insert("Event-Hash", row.event_hash.as_str());
     headers.insert("User-Id", &*row.user_id);
     Publish::build()
-        .message_id(row.event_id.to_string())
         .headers(headers)
         .payload(body_of(row, received_at))
 }
@@ -172,6 +177,9 @@ mod tests {
         assert_eq!(v["receivedAt"], "2026-12-04T12:00:00Z");
         assert_eq!(v["payload"]["a"][1], 2);
         let back: PublishedEvent = serde_json::from_slice(&body).unwrap();
+        let publish = publish_of(&row, "2026-12-04T12:00:00Z".parse().unwrap());
+        let debug = format!("{publish:?}");
+        assert!(debug.contains("Nats-Msg-Id"), "{debug}");
         assert_eq!(back.event_type, "app.open");
     }
 }
