@@ -113,7 +113,9 @@ async fn poll(state: &mut AggregatorState) -> Result<usize, String> {
                     pull::Config {
                         durable_name: Some(args.consumer.clone()),
                         ack_policy: AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
+                        // Short, so that deliveries lost with a NATS restart come back soon; a
+                        // redelivery of a counted id adds nothing.
+                        ack_wait: Duration::from_secs(5),
                         max_ack_pending: 100_000,
                         ..Default::default()
                     },

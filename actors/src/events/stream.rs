@@ -179,7 +179,7 @@ mod tests {
         let back: PublishedEvent = serde_json::from_slice(&body).unwrap();
         let publish = publish_of(&row, "2026-12-04T12:00:00Z".parse().unwrap());
         let debug = format!("{publish:?}");
-        assert!(debug.contains("Nats-Msg-Id"), "{debug}");
+        assert!(debug.contains("NatsMessageId"), "{debug}");
         assert_eq!(back.event_type, "app.open");
     }
 }
