@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::supervisor::{Supervisor, SupervisorHandle, SupervisorHealth};
+use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
@@ -27,6 +27,9 @@ use crate::{store, telemetry};
 pub struct Overrides {
     /// Judges bearer tokens instead of the configured authenticator.
     pub authenticator: Option<SharedAuthenticator>,
+    /// Extra supervised children after the service's own (tests use it to put a
+    /// misbehaving actor under the real supervisor).
+    pub extra_children: Vec<ChildSpec>,
 }
 
 /// How the service stopped.
@@ -57,7 +60,8 @@ impl Application {
         Self::build_with(settings, Overrides::default()).await
     }
 
-    /// [`Application::build`] with parts replaced (what the integration tests use).
+    /// [`Application::build`] with parts replaced or added (what the integration tests and
+    /// the benchmark use).
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
@@ -67,7 +71,7 @@ impl Application {
         let events = crate::events::build(&settings, &db).await?;
         let mut tree_builder = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
-        for child in events.children {
+        for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
         }
         let (supervisor, tree) = tree_builder

@@ -95,7 +95,9 @@ impl Drop for Nats {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_nats() -> anyhow::Result<Nats> {
@@ -133,7 +135,8 @@ fn db_url(admin: &str, name: &str) -> String {
 async fn create_db(admin: &str) -> anyhow::Result<String> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let db = sea_orm::Database::connect(admin).await?;
-    db.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await?;
+    db.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
     db.close().await?;
     Ok(name)
 }
@@ -181,8 +184,12 @@ fn row(user: &Arc<str>) -> EventRow {
 
 /// Raw PostgreSQL: the shard's statement, `batch` rows at a time, `concurrency` at once.
 async fn pg_ceiling(url: &str, args: &Args) -> anyhow::Result<f64> {
-    let db = sea_orm::Database::connect(sea_orm::ConnectOptions::new(url).max_connections(32).to_owned())
-        .await?;
+    let db = sea_orm::Database::connect(
+        sea_orm::ConnectOptions::new(url)
+            .max_connections(32)
+            .to_owned(),
+    )
+    .await?;
     Migrator::up(&db, None).await?;
     let store = EventStore::from_connection(&db)?;
     let rows = Arc::new(AtomicU64::new(0));
@@ -209,7 +216,8 @@ async fn pg_ceiling(url: &str, args: &Args) -> anyhow::Result<f64> {
         r?;
     }
     let rate = rows.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    db.execute_unprepared("TRUNCATE events, outbox_batches").await?;
+    db.execute_unprepared("TRUNCATE events, outbox_batches")
+        .await?;
     db.close().await?;
     Ok(rate)
 }
@@ -236,7 +244,8 @@ async fn nats_ceiling(url: &str, args: &Args) -> anyhow::Result<f64> {
     let started = Instant::now();
     let published = Arc::new(AtomicU64::new(0));
     let workers = (0..args.concurrency).map(|_| {
-        let (js, user, published, name) = (js.clone(), user.clone(), published.clone(), name.clone());
+        let (js, user, published, name) =
+            (js.clone(), user.clone(), published.clone(), name.clone());
         let batch = args.batch;
         async move {
             while Instant::now() < deadline {
@@ -244,9 +253,16 @@ async fn nats_ceiling(url: &str, args: &Args) -> anyhow::Result<f64> {
                 for _ in 0..batch {
                     let r = row(&user);
                     let publish = actors::events::stream::publish_of(&r, chrono::Utc::now());
-                    acks.push(js.send_publish(format!("raw.{name}.bench"), publish).await?);
+                    acks.push(
+                        js.send_publish(format!("raw.{name}.bench"), publish)
+                            .await?,
+                    );
                 }
-                for ack in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+                for ack in futures::future::join_all(
+                    acks.into_iter().map(std::future::IntoFuture::into_future),
+                )
+                .await
+                {
                     ack?;
                 }
                 published.fetch_add(batch as u64, Ordering::Relaxed);
@@ -343,12 +359,20 @@ async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>
     let started = Instant::now();
     let interval = rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let workers = (0..args.concurrency).map(|w| {
-        let (client, stop, counter, results, pool) =
-            (client.clone(), stop.clone(), counter.clone(), results.clone(), pool.clone());
+        let (client, stop, counter, results, pool) = (
+            client.clone(),
+            stop.clone(),
+            counter.clone(),
+            results.clone(),
+            pool.clone(),
+        );
         let url = format!("{base}/events");
         let args = args.clone();
         async move {
-            let mut next = Instant::now() + interval.map(|i| i.mul_f64(w as f64 / args.concurrency as f64)).unwrap_or_default();
+            let mut next = Instant::now()
+                + interval
+                    .map(|i| i.mul_f64(w as f64 / args.concurrency as f64))
+                    .unwrap_or_default();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(i) = interval {
                     tokio::time::sleep_until(next.into()).await;
@@ -378,7 +402,8 @@ async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>
                         if args.duplicates > 0.0 {
                             for r in v["results"].as_array().into_iter().flatten() {
                                 if r["status"] == "accepted" {
-                                    fresh_ids.push(r["eventId"].as_str().unwrap_or_default().to_owned());
+                                    fresh_ids
+                                        .push(r["eventId"].as_str().unwrap_or_default().to_owned());
                                 }
                             }
                         }
@@ -428,7 +453,11 @@ async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("bench ingest {args:?}");
-    let nats = if args.no_nats { None } else { Some(start_nats().await?) };
+    let nats = if args.no_nats {
+        None
+    } else {
+        Some(start_nats().await?)
+    };
     let db_name = create_db(&args.postgres).await?;
     let url = db_url(&args.postgres, &db_name);
     let result = run_phases(&args, &url, nats.as_ref()).await;
@@ -451,7 +480,10 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         ("SIDECAR_BIND".into(), "127.0.0.1:0".into()),
         ("DATABASE_URL".into(), url.to_owned()),
         ("EVENT_SHARDS".into(), args.shards.to_string()),
-        ("EVENT_STREAM".into(), format!("B_{}", uuid::Uuid::new_v4().simple())),
+        (
+            "EVENT_STREAM".into(),
+            format!("B_{}", uuid::Uuid::new_v4().simple()),
+        ),
         ("APP_ENV".into(), "prod".into()),
     ];
     if let Some(nats) = nats {
@@ -463,6 +495,7 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         settings,
         Overrides {
             authenticator: Some(Arc::new(BenchAuthenticator)),
+            ..Default::default()
         },
     )
     .await?;
@@ -473,7 +506,10 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     }));
     let pool = Arc::new(Mutex::new(Pool::default()));
     // A short warm-up fills connection pools (and the duplicate pool).
-    let warm = Args { seconds: 1, ..args.clone() };
+    let warm = Args {
+        seconds: 1,
+        ..args.clone()
+    };
     let _ = load(&base, &warm, pool.clone(), None).await;
     let peak = load(&base, args, pool.clone(), None).await;
     peak.report(&format!(
@@ -484,14 +520,20 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     ));
     if let Some(pg) = pg_rate {
         let accepted = peak.accepted as f64 / peak.elapsed.as_secs_f64();
-        println!("accepted events/s vs raw PostgreSQL ceiling: {:.0}%", accepted / pg * 100.0);
+        println!(
+            "accepted events/s vs raw PostgreSQL ceiling: {:.0}%",
+            accepted / pg * 100.0
+        );
     }
     if !args.no_latency_phase {
         let rate = 0.8 * peak.requests as f64 / peak.elapsed.as_secs_f64();
         let at80 = load(&base, args, pool.clone(), Some(rate)).await;
         at80.report(&format!("sidecar at 80% of peak ({rate:.0} requests/s)"));
     }
-    println!("peak RSS of this process (sidecar + load generator): {:.0} MB", rss_mb());
+    println!(
+        "peak RSS of this process (sidecar + load generator): {:.0} MB",
+        rss_mb()
+    );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
     Ok(())

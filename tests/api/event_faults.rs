@@ -113,7 +113,11 @@ async fn nats_killed_and_restarted_mid_load() {
     assert_stream_is(&nats.url(), &stream, &seen.accepted).await;
     let (sum, counted) =
         wait_aggregates(&app.database_url, n as i64, Duration::from_secs(20)).await;
-    assert_eq!((sum, counted), (n as i64, n as i64), "aggregates count each event once");
+    assert_eq!(
+        (sum, counted),
+        (n as i64, n as i64),
+        "aggregates count each event once"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +162,11 @@ async fn redis_killed_mid_load() {
     assert_stream_is(&nats.url(), &stream, &seen.accepted).await;
     let (sum, counted) =
         wait_aggregates(&app.database_url, n as i64, Duration::from_secs(20)).await;
-    assert_eq!((sum, counted), (n as i64, n as i64), "aggregates count each event once");
+    assert_eq!(
+        (sum, counted),
+        (n as i64, n as i64),
+        "aggregates count each event once"
+    );
 }
 
 /// The service as a separate process with `SIDECAR_FAILPOINT=crash_after_commit`: run by

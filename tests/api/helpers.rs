@@ -117,6 +117,7 @@ pub enum Store {
 /// How to start a [`TestApp`].
 pub struct TestAppBuilder {
     env: HashMap<String, String>,
+    extra_children: Vec<actors::supervisor::ChildSpec>,
     store: Store,
     database_url: Option<String>,
     test_auth: bool,
@@ -125,6 +126,12 @@ pub struct TestAppBuilder {
 impl TestAppBuilder {
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Puts an extra actor under the service's supervisor.
+    pub fn child(mut self, spec: actors::supervisor::ChildSpec) -> Self {
+        self.extra_children.push(spec);
         self
     }
 
@@ -190,6 +197,7 @@ impl TestAppBuilder {
             authenticator: self
                 .test_auth
                 .then(|| Arc::new(TestAuthenticator) as SharedAuthenticator),
+            extra_children: self.extra_children,
         };
         let app = Application::build_with(settings, overrides)
             .await
@@ -232,6 +240,7 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             env: HashMap::new(),
+            extra_children: Vec::new(),
             store: Store::Default,
             database_url: None,
             test_auth: false,

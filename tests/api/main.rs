@@ -4,8 +4,10 @@
 mod helpers;
 
 mod conventions;
+mod docs_browser;
 mod event_faults;
 mod event_support;
 mod events;
 mod health;
 mod process;
+mod supervision;
