@@ -8,6 +8,7 @@
 //! - [`auth`]: the auth flows proxied to .NET (admin MFA rule, refresh coalescing).
 //! - [`identity`]: who the caller is (JWKS verification or introspection), behind the
 //!   bearer scheme.
+//! - [`events`]: wiring of the event path's actors and the `POST /events` handle.
 //! - [`store`]: the sea-orm connection and migrations at start-up.
 //! - [`readiness`]: probes behind `/health/ready`.
 //! - [`domain`]: the contract's enumerations.
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod auth;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod identity;
 pub mod readiness;

@@ -8,6 +8,7 @@
 //! - [`token_bucket`]: token-bucket arithmetic shared by the Redis script and the in-memory
 //!   fallback.
 //! - [`metric_names`]: every exported metric, described in one place, with its zero series.
+//! - [`events`]: the event path: validation, dedupe shards, outbox relay, aggregator, janitor.
 //! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
 //! - [`bridge`]: the `DotnetBridge` actor (HTTP client + breaker + retries) and its
 //!   [`bridge::BridgeHandle`], through which every call to .NET goes.
@@ -20,6 +21,7 @@
 pub mod breaker;
 pub mod bridge;
 pub mod canonical;
+pub mod events;
 pub mod merge;
 pub mod metric_names;
 pub mod single_flight;

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use sidecar::app::{Application, ExitReason};
+
+use sidecar::app::{Application, ExitReason, Overrides};
+use sidecar::http::problem::Problem;
+use sidecar::http::security::{Authenticator, Caller, SharedAuthenticator};
 use sidecar::settings::Settings;
 use tokio::task::JoinHandle;
 
@@ -119,6 +122,7 @@ pub struct TestAppBuilder {
     extra_children: Vec<actors::supervisor::ChildSpec>,
     store: Store,
     database_url: Option<String>,
+    test_auth: bool,
 }
 
 impl TestAppBuilder {
@@ -135,6 +139,13 @@ impl TestAppBuilder {
 
     pub fn store(mut self, store: Store) -> Self {
         self.store = store;
+        self
+    }
+
+    /// TEST-ONLY: bearer tokens `test-user:<id>` authenticate as user `<id>` (see
+    /// [`TestAuthenticator`]); nothing in the binary can install this.
+    pub fn test_auth(mut self) -> Self {
+        self.test_auth = true;
         self
     }
 
@@ -218,7 +229,13 @@ impl TestAppBuilder {
         };
         env.insert("DATABASE_URL".into(), url.clone());
         let settings = Settings::from_map(&env).expect("test settings are valid");
-        let app = Application::build_with(settings, self.extra_children)
+        let overrides = Overrides {
+            authenticator: self
+                .test_auth
+                .then(|| Arc::new(TestAuthenticator) as SharedAuthenticator),
+            extra_children: self.extra_children,
+        };
+        let app = Application::build_with(settings, overrides)
             .await
             .expect("the application starts");
         let addr = app.local_addr();
@@ -262,6 +279,7 @@ impl TestApp {
             extra_children: Vec::new(),
             store: Store::Default,
             database_url: None,
+            test_auth: false,
         }
     }
 
@@ -551,5 +569,30 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// TEST-ONLY authenticator: `test-user:<id>` is user `<id>`; anything else is 401. Lives in
+/// the test harness only, so the binary can never accept such a token.
+pub struct TestAuthenticator;
+
+impl Authenticator for TestAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        _ctx: Option<&'a sidecar::http::context::RequestContext>,
+    ) -> futures::future::BoxFuture<'a, Result<Caller, Problem>> {
+        Box::pin(async move {
+            match token.strip_prefix("test-user:") {
+                Some(user) if !user.is_empty() => Ok(Caller {
+                    user_id: user.to_owned(),
+                    role: Some("USER".into()),
+                    session_id: None,
+                    age_group: None,
+                    token: token.to_owned(),
+                }),
+                _ => Err(Problem::unauthorized("not a test token")),
+            }
+        })
     }
 }
