@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::backpressure::{
-    BackpressureController, BackpressureHandle, BackpressureSignal, ControllerArgs, OutboxBacklog,
+    BacklogSource, BackpressureController, BackpressureHandle, BackpressureSignal, ControllerArgs,
     Watermarks,
 };
 use actors::rate_limiter::{Limits, RateLimiter, RateLimiterConfig};
@@ -38,7 +38,7 @@ pub struct AbuseControls {
 pub async fn build(
     settings: &Settings,
     jetstream: Option<async_nats::jetstream::Context>,
-    backlog: Arc<dyn OutboxBacklog>,
+    backlog: Arc<dyn BacklogSource>,
 ) -> anyhow::Result<(AbuseControls, ChildSpec)> {
     let limits = &settings.rate_limits;
     let mut config = RateLimiterConfig::new(

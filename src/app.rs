@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::breaker::BreakerConfig;
+use actors::bridge::BridgeConfig;
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
@@ -14,12 +16,27 @@ use poem::Server;
 use sea_orm::DatabaseConnection;
 
 use crate::abuse::{AbuseControls, RateLimitProbe};
+use crate::auth::AuthService;
+use crate::http::auth::AuthApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
+use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::security::SharedAuthenticator;
+use crate::identity::Identity;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
+
+/// Parts of the application a caller may supply instead of the ones built from settings.
+#[derive(Default)]
+pub struct Overrides {
+    /// Judges bearer tokens instead of the configured authenticator.
+    pub authenticator: Option<SharedAuthenticator>,
+    /// Extra supervised children after the service's own (tests use it to put a
+    /// misbehaving actor under the real supervisor).
+    pub extra_children: Vec<ChildSpec>,
+}
 
 /// How the service stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,35 +64,34 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        Self::build_with(settings, Vec::new()).await
+        Self::build_with(settings, Overrides::default()).await
     }
 
-    /// Like [`Application::build`], with extra supervised children after the service's own
-    /// (tests use it to put a misbehaving actor under the real supervisor).
-    pub async fn build_with(
-        settings: Settings,
-        extra_children: Vec<ChildSpec>,
-    ) -> anyhow::Result<Self> {
+    /// [`Application::build`] with parts replaced or added (what the integration tests and
+    /// the benchmark use).
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
-        let jetstream = match &settings.nats_url {
-            Some(url) => Some(async_nats::jetstream::new(
-                connect_nats(url.expose()).await?,
-            )),
-            None => None,
-        };
-        // Until the outbox reports its backlog here, it counts as empty.
-        let backlog: Arc<dyn actors::backpressure::OutboxBacklog> =
-            Arc::new(actors::backpressure::NoBacklog);
-        let (abuse, controller) = crate::abuse::build(&settings, jetstream, backlog).await?;
+        // The bridge to .NET: every call to .NET goes through it (contract section 9).
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+        let events = crate::events::build(&settings, &db).await?;
+        // The abuse controls of /events: the limiter, and the backpressure controller
+        // watching the aggregator's lag (on the event path's JetStream) and the outbox.
+        let (abuse, controller) = crate::abuse::build(
+            &settings,
+            events.jetstream.clone(),
+            Arc::new(events.backlog.clone()),
+        )
+        .await?;
 
         let mut tree_builder = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .child(bridge_spec)
             .child(controller);
-        for child in extra_children {
+        for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
         }
         let (supervisor, tree) = tree_builder
@@ -92,13 +108,22 @@ impl Application {
 
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+        readiness.add(events.probe);
         readiness.add(Arc::new(RateLimitProbe {
             limiter: abuse.limiter.clone(),
             redis_configured: settings.redis_url.is_some(),
         }));
 
+        // Who the caller is (contract 3.5), for every route with the bearer scheme.
+        let authenticator = overrides
+            .authenticator
+            .unwrap_or_else(|| Identity::new(settings.jwt.as_ref(), bridge.clone()).shared());
+
         let docs = RenderedDocs::default();
         let apis = (
+            AuthApi {
+                service: Arc::new(AuthService::new(bridge.clone(), settings.enforce_admin_mfa)),
+            },
             MetaApi,
             HealthApi {
                 tree: tree.clone(),
@@ -106,9 +131,19 @@ impl Application {
                 metrics,
             },
             DocsApi { docs: docs.clone() },
+            EventsApi {
+                ingest: events.ingest,
+                abuse: abuse.clone(),
+            },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
-        let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
+        let endpoint = crate::http::build(
+            apis,
+            docs,
+            settings.trusted_proxies.clone(),
+            max_body,
+            authenticator,
+        );
 
         let acceptor = TcpListener::bind(settings.bind)
             .into_acceptor()
@@ -184,15 +219,23 @@ impl Application {
     }
 }
 
-/// A NATS client that connects (and reconnects) in the background: NATS being down at
-/// start-up delays publishing and blinds backpressure to the consumer lag, nothing more.
-async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(url)
-        .await
-        .context("NATS_URL")
+/// The bridge's settings: `DOTNET_*` and the `CIRCUIT_*` thresholds.
+fn bridge_config(settings: &Settings) -> BridgeConfig {
+    let c = &settings.circuit;
+    BridgeConfig {
+        base_url: settings.dotnet.base_url.clone(),
+        timeout: settings.dotnet.timeout,
+        breaker: BreakerConfig {
+            failure_rate_pct: c.failure_rate_pct,
+            min_calls: c.min_calls,
+            window: c.window,
+            open_for: c.open_for,
+            half_open_probes: c.half_open_probes,
+            slow_call: settings.dotnet.slow_call,
+            slow_call_rate_pct: c.slow_call_rate_pct,
+            call_timeout: settings.dotnet.timeout,
+        },
+    }
 }
 
 /// Ready when the durable store answers.

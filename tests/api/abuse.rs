@@ -325,7 +325,9 @@ async fn denials_are_counted_per_scope() {
 
 // ----- backpressure -----
 
-/// A stream of its own on `nats_url` with the durable pull consumer `consumer`.
+/// The events stream (subjects `events.>`, as the service requires) on a test's own NATS,
+/// with the durable pull consumer `consumer`: a consumer of the test's, not the service's
+/// aggregator, so that the test decides when it acks.
 async fn stream_with_consumer(
     nats_url: &str,
     name: &str,
@@ -336,7 +338,7 @@ async fn stream_with_consumer(
     let stream = js
         .create_stream(stream::Config {
             name: name.to_owned(),
-            subjects: vec![format!("{}.>", name.to_lowercase())],
+            subjects: vec!["events.>".to_owned()],
             ..Default::default()
         })
         .await
@@ -354,16 +356,14 @@ async fn stream_with_consumer(
     (js, messages)
 }
 
-async fn publish(js: &jetstream::Context, stream: &str, n: usize) {
+/// `n` messages on the events stream (not events: the service's aggregator skips them).
+async fn publish(js: &jetstream::Context, n: usize) {
     for i in 0..n {
-        js.publish(
-            format!("{}.test", stream.to_lowercase()),
-            format!("{i}").into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        js.publish("events.test", format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 }
 
@@ -394,7 +394,7 @@ async fn a_consumer_that_stops_acking_drives_backpressure_until_it_drains() {
     let app = app_on_nats(&nats.url(), &name, &consumer).await;
     let signal = app.abuse.backpressure.clone();
 
-    publish(&js, &name, 40).await;
+    publish(&js, 40).await;
     let state = app
         .abuse
         .controller
@@ -409,7 +409,7 @@ async fn a_consumer_that_stops_acking_drives_backpressure_until_it_drains() {
     for _ in 0..20 {
         held.push(messages.next().await.unwrap().unwrap());
     }
-    publish(&js, &name, 20).await;
+    publish(&js, 20).await;
     let state = app
         .abuse
         .controller
@@ -465,9 +465,10 @@ async fn a_consumer_that_stops_acking_drives_backpressure_until_it_drains() {
 async fn nats_unreachable_is_not_a_reason_to_shed() {
     let mut nats = PrivateServer::nats().await;
     let name = stream_name();
-    let (js, _messages) = stream_with_consumer(&nats.url(), &name, "aggregator").await;
-    let app = app_on_nats(&nats.url(), &name, "aggregator").await;
-    publish(&js, &name, 60).await;
+    let consumer = format!("slow_{}", uuid::Uuid::new_v4().simple());
+    let (js, _messages) = stream_with_consumer(&nats.url(), &name, &consumer).await;
+    let app = app_on_nats(&nats.url(), &name, &consumer).await;
+    publish(&js, 60).await;
     let state = app
         .abuse
         .controller
@@ -501,9 +502,10 @@ async fn nats_unreachable_is_not_a_reason_to_shed() {
 async fn a_missing_consumer_is_logged_and_not_counted() {
     let nats = PrivateServer::nats().await;
     let name = stream_name();
-    let (js, _messages) = stream_with_consumer(&nats.url(), &name, "aggregator").await;
-    let app = app_on_nats(&nats.url(), &name, "aggregator,ghost_consumer").await;
-    publish(&js, &name, 3).await;
+    let consumer = format!("slow_{}", uuid::Uuid::new_v4().simple());
+    let (js, _messages) = stream_with_consumer(&nats.url(), &name, &consumer).await;
+    let app = app_on_nats(&nats.url(), &name, &format!("{consumer},ghost_consumer")).await;
+    publish(&js, 3).await;
     let state = app
         .abuse
         .controller

@@ -1,30 +1,22 @@
 //! The outbox backlog as the controller reads it: accepted events not yet published to
-//! JetStream. The events side owns the number; this trait is the seam between the two, so
-//! the controller needs no knowledge of how it is tracked.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! JetStream. The events side owns the number (the relay's
+//! [`crate::events::relay::OutboxBacklog`], refreshed from the table every sweep); this
+//! trait is the seam between the two, so the controller needs no knowledge of how it is
+//! tracked.
 
 use futures::future::BoxFuture;
 
 /// Where the controller reads the outbox backlog from.
-pub trait OutboxBacklog: Send + Sync + 'static {
+pub trait BacklogSource: Send + Sync + 'static {
     /// Accepted events not yet published; `None` when it cannot be told right now (the
     /// level is then left out, like an unreachable NATS).
     fn pending(&self) -> BoxFuture<'_, Option<u64>>;
 }
 
-/// A counter the outbox keeps up to date.
-impl OutboxBacklog for AtomicU64 {
+/// The relay's backlog counter.
+impl BacklogSource for crate::events::relay::OutboxBacklog {
     fn pending(&self) -> BoxFuture<'_, Option<u64>> {
-        let value = self.load(Ordering::Relaxed);
-        Box::pin(async move { Some(value) })
-    }
-}
-
-/// A value the outbox publishes through a watch channel.
-impl OutboxBacklog for tokio::sync::watch::Receiver<u64> {
-    fn pending(&self) -> BoxFuture<'_, Option<u64>> {
-        let value = *self.borrow();
+        let value = u64::try_from(self.get()).unwrap_or(0);
         Box::pin(async move { Some(value) })
     }
 }
@@ -33,7 +25,7 @@ impl OutboxBacklog for tokio::sync::watch::Receiver<u64> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoBacklog;
 
-impl OutboxBacklog for NoBacklog {
+impl BacklogSource for NoBacklog {
     fn pending(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async { Some(0) })
     }

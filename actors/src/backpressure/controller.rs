@@ -21,7 +21,7 @@ use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::backlog::OutboxBacklog;
+use super::backlog::BacklogSource;
 use super::policy::{next_shedding, retry_after_secs, DrainRate, Watermarks};
 use super::{BackpressurePublisher, BackpressureState};
 use crate::metric_names::{BACKPRESSURE_ACTIVE, QUEUE_LAG};
@@ -39,7 +39,7 @@ pub struct ControllerArgs {
     /// Durable consumers whose lag counts (`BACKPRESSURE_CONSUMERS`).
     pub consumers: Vec<String>,
     pub marks: Watermarks,
-    pub backlog: Arc<dyn OutboxBacklog>,
+    pub backlog: Arc<dyn BacklogSource>,
     /// Where the state goes; it outlives the actor's incarnations.
     pub publisher: BackpressurePublisher,
     /// Time between readings.

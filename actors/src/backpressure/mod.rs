@@ -8,7 +8,7 @@
 //! - [`controller`]: the supervised actor that polls the JetStream consumers' info and the
 //!   outbox backlog.
 //! - [`policy`]: hysteresis, drain rate and `Retry-After`, as plain functions.
-//! - [`backlog`]: [`OutboxBacklog`], the seam through which the events side reports the
+//! - [`backlog`]: [`BacklogSource`], the seam through which the events side reports the
 //!   outbox backlog.
 //!
 //! Only `/events` reads the signal: auth, config and preference routes are never shed.
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use self::backlog::{NoBacklog, OutboxBacklog};
+pub use self::backlog::{BacklogSource, NoBacklog};
 pub use self::controller::{BackpressureController, ControllerArgs, ControllerMsg};
 pub use self::policy::Watermarks;
 use crate::supervisor::{CallError, Slot};

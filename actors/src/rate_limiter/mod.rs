@@ -114,6 +114,9 @@ pub struct Verdict {
     pub rate_limit: Option<(String, String)>,
     /// The scopes whose bucket was short (empty when allowed), each once.
     pub denied_scopes: Vec<Scope>,
+    /// Denied because the request costs more than a bucket can ever hold: it can never
+    /// pass as it is, and the client should split it.
+    pub exceeds_burst: bool,
     pub source: Source,
 }
 
@@ -124,6 +127,7 @@ impl Verdict {
             retry_after_secs: 0,
             rate_limit: None,
             denied_scopes: Vec::new(),
+            exceeds_burst: false,
             source: Source::Free,
         }
     }
@@ -300,7 +304,12 @@ impl RateLimiter {
 
     fn verdict(&self, plan: &Plan<'_>, outcome: &TakeAll, source: Source) -> Verdict {
         let reported = outcome.reported_decision();
-        if reported.is_some_and(|d| d.exceeds_burst)
+        let exceeds_burst = !outcome.allowed
+            && outcome
+                .decisions
+                .iter()
+                .any(|d| !d.allowed && d.exceeds_burst);
+        if exceeds_burst
             && !self
                 .inner
                 .warned_exceeds_burst
@@ -330,6 +339,7 @@ impl RateLimiter {
                 .unwrap_or(0),
             rate_limit: outcome.header_fields(&plan.charges),
             denied_scopes,
+            exceeds_burst,
             source,
         }
     }
