@@ -9,6 +9,7 @@ mod bridge;
 mod conventions;
 mod docs_browser;
 mod event_faults;
+mod event_limits;
 mod event_support;
 mod events;
 mod health;
