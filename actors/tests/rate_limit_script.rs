@@ -125,7 +125,8 @@ async fn lua_and_rust_agree_on_random_sequences() {
                 .take_all(&keys, &charges, Some(now))
                 .await
                 .unwrap_or_else(|e| panic!("scenario {scenario} step {step}: {e}"));
-            assert_eq!(got, expected, "scenario {scenario} step {step}");
+            assert_eq!(got.outcome, expected, "scenario {scenario} step {step}");
+            assert_eq!(got.now_ms, now);
             if expected.allowed {
                 for (i, key) in keys.iter().enumerate() {
                     stored[i] = Some(expected.states[i]);
@@ -165,7 +166,8 @@ async fn a_denied_request_writes_nothing() {
     let denied = redis
         .take_all(std::slice::from_ref(&key), &[charge(6.0)], Some(1_000))
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     assert!(!denied.allowed);
     assert!(denied.decisions[0].exceeds_burst);
     let exists: i64 = raw.exists(&key).await.unwrap();
@@ -235,12 +237,18 @@ async fn the_script_is_loaded_again_after_redis_forgets_it() {
         state: None,
         cost: 4.0,
     }];
-    let out = redis
+    let answer = redis
         .take_all(std::slice::from_ref(&key), &charges, None)
         .await
         .expect("NOSCRIPT is answered by loading the script");
-    assert!(out.allowed);
-    assert_eq!(out.decisions[0].remaining, 6.0);
+    assert!(answer.reloaded);
+    assert!(answer.outcome.allowed);
+    assert_eq!(answer.outcome.decisions[0].remaining, 6.0);
+    let again = redis
+        .take_all(std::slice::from_ref(&key), &charges, None)
+        .await
+        .unwrap();
+    assert!(!again.reloaded);
     let exists: Vec<bool> = raw.script_exists(redis.sha()).await.unwrap();
     assert_eq!(exists, vec![true]);
     let _: i64 = raw.del(&key).await.unwrap();
@@ -263,12 +271,14 @@ async fn redis_time_is_used_when_no_time_is_given() {
     let first = redis
         .take_all(std::slice::from_ref(&key), &[charge(2.0)], None)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     assert!(first.allowed);
     let second = redis
         .take_all(std::slice::from_ref(&key), &[charge(1.0)], None)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     assert!(!second.allowed, "no time has passed on Redis's clock");
     assert_eq!(second.decisions[0].retry_after_secs, 1);
     let raw = raw_client().await;

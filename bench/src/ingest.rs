@@ -57,7 +57,7 @@ pub struct Args {
 }
 
 /// Benchmark-only: `bench-user:<id>` is user `<id>`.
-struct BenchAuthenticator;
+pub(crate) struct BenchAuthenticator;
 
 impl Authenticator for BenchAuthenticator {
     fn authenticate<'a>(
@@ -81,9 +81,9 @@ impl Authenticator for BenchAuthenticator {
 }
 
 /// A private nats-server, killed on drop.
-struct Nats {
+pub(crate) struct Nats {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     dir: std::path::PathBuf,
 }
 
@@ -101,7 +101,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn start_nats() -> anyhow::Result<Nats> {
+pub(crate) async fn start_nats() -> anyhow::Result<Nats> {
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("bench-nats-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
@@ -126,14 +126,14 @@ async fn start_nats() -> anyhow::Result<Nats> {
     anyhow::bail!("nats-server did not start")
 }
 
-fn db_url(admin: &str, name: &str) -> String {
+pub(crate) fn db_url(admin: &str, name: &str) -> String {
     match admin.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => admin.to_owned(),
     }
 }
 
-async fn create_db(admin: &str) -> anyhow::Result<String> {
+pub(crate) async fn create_db(admin: &str) -> anyhow::Result<String> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let db = sea_orm::Database::connect(admin).await?;
     db.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
@@ -142,7 +142,7 @@ async fn create_db(admin: &str) -> anyhow::Result<String> {
     Ok(name)
 }
 
-async fn drop_db(admin: &str, name: &str) {
+pub(crate) async fn drop_db(admin: &str, name: &str) {
     if let Ok(db) = sea_orm::Database::connect(admin).await {
         let _ = db
             .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

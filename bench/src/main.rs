@@ -6,8 +6,11 @@
 //! - `ingest`: POST /events throughput and latency, with the raw PostgreSQL and JetStream
 //!   ceilings measured in the same run.
 //! - `startup`: start-up time to ready and idle RSS of the release binary.
+//! - `flood`: a well-behaved user's latency while another user floods `/events` at 10x
+//!   its rate limit.
 
 mod auth;
+mod flood;
 mod ingest;
 mod load;
 mod startup;
@@ -29,6 +32,8 @@ enum Command {
     Ingest(ingest::Args),
     /// Start-up time to ready and idle memory of the release binary.
     Startup(startup::Args),
+    /// A well-behaved user's p99 alone and while another user floods at 10x its limit.
+    Flood(flood::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Auth(args) => runtime.block_on(auth::run(args)),
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
         Command::Startup(args) => runtime.block_on(startup::run(args)),
+        Command::Flood(args) => runtime.block_on(flood::run(args)),
     }
 }

@@ -50,55 +50,52 @@ impl MemoryBuckets {
     /// Charges `charges` (named by `keys`, one each, all distinct) all-or-nothing at
     /// `now_ms`. The `state` of each charge is ignored: the stored one is used.
     pub fn take_all(&self, keys: &[String], charges: &[Charge<'_>], now_ms: i64) -> TakeAll {
-        debug_assert_eq!(keys.len(), charges.len());
+        let mut locked = self.lock(keys);
+        let outcome = take_all(&locked.with_states(keys, charges), now_ms);
+        if outcome.allowed {
+            locked.store(keys, charges, &outcome.states, now_ms);
+        }
+        outcome
+    }
+
+    /// What [`Self::take_all`] would answer at `now_ms`, storing nothing.
+    pub fn peek(&self, keys: &[String], charges: &[Charge<'_>], now_ms: i64) -> TakeAll {
+        let locked = self.lock(keys);
+        take_all(&locked.with_states(keys, charges), now_ms)
+    }
+
+    /// Stores `states` (one per key) as they are, e.g. what Redis answered.
+    pub fn put(
+        &self,
+        keys: &[String],
+        charges: &[Charge<'_>],
+        states: &[BucketState],
+        now_ms: i64,
+    ) {
+        self.lock(keys).store(keys, charges, states, now_ms);
+    }
+
+    /// Locks the shards of `keys`, in ascending order: no two requests can wait on each
+    /// other in a cycle.
+    fn lock(&self, keys: &[String]) -> Locked<'_> {
         let shard_of: Vec<usize> = keys.iter().map(|k| self.shard_index(k)).collect();
         let mut wanted = shard_of.clone();
         wanted.sort_unstable();
         wanted.dedup();
-        // Ascending shard order: no two requests can wait on each other in a cycle.
-        let mut guards: Vec<(usize, MutexGuard<'_, HashMap<String, Entry>>)> = wanted
+        let guards = wanted
             .iter()
             .map(|&i| {
-                let guard = self.shards[i]
+                self.shards[i]
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                (i, guard)
+                    .unwrap_or_else(PoisonError::into_inner)
             })
             .collect();
-        let position = |shard: usize| wanted.binary_search(&shard).unwrap_or_default();
-
-        let with_state: Vec<Charge<'_>> = charges
-            .iter()
-            .zip(keys)
-            .zip(&shard_of)
-            .map(|((charge, key), &shard)| Charge {
-                state: guards[position(shard)].1.get(key).map(|e| e.state),
-                ..*charge
-            })
-            .collect();
-        let outcome = take_all(&with_state, now_ms);
-        if outcome.allowed {
-            for ((key, &shard), (charge, state)) in keys
-                .iter()
-                .zip(&shard_of)
-                .zip(charges.iter().zip(&outcome.states))
-            {
-                let map = &mut guards[position(shard)].1;
-                let entry = Entry {
-                    state: *state,
-                    full_at_ms: full_at_ms(state, charge.limit),
-                };
-                if let Some(existing) = map.get_mut(key) {
-                    *existing = entry;
-                } else {
-                    if map.len() >= self.capacity_per_shard {
-                        evict(map, now_ms);
-                    }
-                    map.insert(key.clone(), entry);
-                }
-            }
+        Locked {
+            shard_of,
+            wanted,
+            guards,
+            capacity: self.capacity_per_shard,
         }
-        outcome
     }
 
     /// Buckets held (for tests and diagnostics).
@@ -113,6 +110,13 @@ impl MemoryBuckets {
         self.len() == 0
     }
 
+    /// Forgets every bucket.
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
     /// Drops every bucket that has refilled to full by `now_ms` (no decision changes).
     pub fn sweep(&self, now_ms: i64) {
         for shard in &self.shards {
@@ -125,6 +129,66 @@ impl MemoryBuckets {
 
     fn shard_index(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    }
+}
+
+/// The shards of one request's keys, locked.
+struct Locked<'a> {
+    /// Each key's shard.
+    shard_of: Vec<usize>,
+    /// The distinct shards, ascending; `guards[i]` locks `wanted[i]`.
+    wanted: Vec<usize>,
+    guards: Vec<MutexGuard<'a, HashMap<String, Entry>>>,
+    capacity: usize,
+}
+
+impl Locked<'_> {
+    fn map(&mut self, key_index: usize) -> &mut HashMap<String, Entry> {
+        let shard = self.shard_of[key_index];
+        let position = self.wanted.binary_search(&shard).unwrap_or_default();
+        &mut self.guards[position]
+    }
+
+    /// `charges` with the stored state of each key.
+    fn with_states<'c>(&self, keys: &[String], charges: &[Charge<'c>]) -> Vec<Charge<'c>> {
+        debug_assert_eq!(keys.len(), charges.len());
+        charges
+            .iter()
+            .zip(keys)
+            .zip(&self.shard_of)
+            .map(|((charge, key), shard)| {
+                let position = self.wanted.binary_search(shard).unwrap_or_default();
+                Charge {
+                    state: self.guards[position].get(key).map(|e| e.state),
+                    ..*charge
+                }
+            })
+            .collect()
+    }
+
+    fn store(
+        &mut self,
+        keys: &[String],
+        charges: &[Charge<'_>],
+        states: &[BucketState],
+        now_ms: i64,
+    ) {
+        let capacity = self.capacity;
+        for (i, ((key, charge), state)) in keys.iter().zip(charges).zip(states).enumerate() {
+            let entry = Entry {
+                state: *state,
+                full_at_ms: full_at_ms(state, charge.limit),
+            };
+            let map = self.map(i);
+            if let Some(existing) = map.get_mut(key) {
+                *existing = entry;
+            } else {
+                if map.len() >= capacity {
+                    evict(map, now_ms);
+                }
+                map.insert(key.clone(), entry);
+            }
+        }
     }
 }
 

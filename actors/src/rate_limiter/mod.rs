@@ -17,6 +17,16 @@
 //! default). The arithmetic is [`crate::token_bucket`]'s in both stores, so the verdict, the
 //! `Retry-After` and the `RateLimit` fields are computed the same way whichever answered.
 //!
+//! # Denials stay off Redis
+//!
+//! Each replica keeps a copy (the *shadow*) of every bucket state Redis last answered, with
+//! the offset of Redis's clock. Other replicas only ever take tokens, so the shadow refilled
+//! to now is an upper bound of the true state: when even the shadow cannot pay for a
+//! request, Redis could not either, and the request is denied here without a round trip
+//! (`Source::Cached`). A flood is thus refused at the cost of a map lookup, while every
+//! request that might pass still asks Redis. The shadow is dropped whenever Redis may have
+//! lost its buckets (it was unreachable, or had lost the script).
+//!
 //! # When Redis fails
 //!
 //! The request that sees the failure is decided in memory, and Redis is marked down (one
@@ -33,7 +43,7 @@ pub mod memory;
 pub mod redis;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +54,7 @@ use crate::token_bucket::{Charge, Limit, Scope, TakeAll};
 
 use self::health::{ProbeBackoff, RedisHealth};
 use self::memory::MemoryBuckets;
-use self::redis::{RedisError, ScriptBuckets};
+use self::redis::{RedisError, ScriptAnswer, ScriptBuckets};
 
 /// The three configured limits (`RATE_LIMIT_USER`, `RATE_LIMIT_DEVICE`, `RATE_LIMIT_IP`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,6 +105,9 @@ impl RateLimiterConfig {
 pub enum Source {
     /// The shared buckets in Redis.
     Redis,
+    /// Denied from this replica's copy of the shared buckets, without asking Redis (see
+    /// the module docs: the copy can only overestimate the tokens).
+    Cached,
     /// This replica's memory, because Redis is unreachable.
     Fallback,
     /// This replica's memory, because no Redis is configured.
@@ -144,6 +157,11 @@ struct Inner {
     redis: Option<ScriptBuckets>,
     health: Arc<RedisHealth>,
     memory: MemoryBuckets,
+    /// The last bucket states Redis answered (Redis's clock), dropped when Redis may have
+    /// lost its own.
+    shadow: Arc<MemoryBuckets>,
+    /// Redis's clock minus [`Inner::clock`], as of the last answer; `i64::MIN` when unknown.
+    redis_offset_ms: AtomicI64,
     /// A cost above a burst means a misconfiguration (burst below `EVENT_MAX_BATCH`); it is
     /// logged once.
     warned_exceeds_burst: AtomicBool,
@@ -167,7 +185,14 @@ impl RateLimiter {
     /// Per-replica limits only (`REDIS_URL` unset).
     pub fn in_memory(config: RateLimiterConfig) -> Self {
         tracing::info!("REDIS_URL is unset: rate limits are kept per replica");
-        Self::build(config, None, Arc::new(RedisHealth::new(false)), Vec::new())
+        let shadow = Arc::new(MemoryBuckets::new(1));
+        Self::build(
+            config,
+            None,
+            Arc::new(RedisHealth::new(false)),
+            shadow,
+            Vec::new(),
+        )
     }
 
     /// Limits shared through Redis at `redis_url`. Waits up to `connect_within` for a first
@@ -185,15 +210,21 @@ impl RateLimiter {
         if !up {
             health.mark_down(&"no answer at start-up");
         }
-        let prober = tokio::spawn(probe_while_down(health.clone(), redis.clone()));
+        let shadow = Arc::new(MemoryBuckets::new(config.memory_capacity));
+        let prober = tokio::spawn(probe_while_down(
+            health.clone(),
+            redis.clone(),
+            shadow.clone(),
+        ));
         let tasks = vec![connection, prober.abort_handle()];
-        Ok(Self::build(config, Some(redis), health, tasks))
+        Ok(Self::build(config, Some(redis), health, shadow, tasks))
     }
 
     fn build(
         config: RateLimiterConfig,
         redis: Option<ScriptBuckets>,
         health: Arc<RedisHealth>,
+        shadow: Arc<MemoryBuckets>,
         tasks: Vec<AbortHandle>,
     ) -> Self {
         let memory = MemoryBuckets::new(config.memory_capacity);
@@ -203,6 +234,8 @@ impl RateLimiter {
                 redis,
                 health,
                 memory,
+                shadow,
+                redis_offset_ms: AtomicI64::new(i64::MIN),
                 warned_exceeds_burst: AtomicBool::new(false),
                 tasks,
                 clock: MonotonicClock::new(),
@@ -229,15 +262,19 @@ impl RateLimiter {
         let inner = &self.inner;
         let (outcome, source) = match &inner.redis {
             None => (self.take_in_memory(&plan), Source::Memory),
-            Some(redis) if inner.health.is_up() => {
-                match redis.take_all(&plan.keys, &plan.charges, None).await {
-                    Ok(outcome) => (outcome, Source::Redis),
+            Some(redis) if inner.health.is_up() => match self.known_denial(&plan) {
+                Some(outcome) => (outcome, Source::Cached),
+                None => match redis.take_all(&plan.keys, &plan.charges, None).await {
+                    Ok(answer) => {
+                        self.learn(&plan, &answer);
+                        (answer.outcome, Source::Redis)
+                    }
                     Err(err) => {
                         inner.health.mark_down(&err);
                         (self.take_in_memory(&plan), Source::Fallback)
                     }
-                }
-            }
+                },
+            },
             Some(_) => (self.take_in_memory(&plan), Source::Fallback),
         };
         if source == Source::Fallback {
@@ -296,6 +333,36 @@ impl RateLimiter {
         plan
     }
 
+    /// The shadow's answer at Redis's estimated now, when it is a denial (which Redis
+    /// would give too); `None` when Redis must be asked.
+    fn known_denial(&self, plan: &Plan<'_>) -> Option<TakeAll> {
+        let offset = self.inner.redis_offset_ms.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return None;
+        }
+        let redis_now = self.inner.clock.now_ms().saturating_add(offset);
+        let outcome = self.inner.shadow.peek(&plan.keys, &plan.charges, redis_now);
+        (!outcome.allowed).then_some(outcome)
+    }
+
+    /// Copies what Redis answered into the shadow.
+    fn learn(&self, plan: &Plan<'_>, answer: &ScriptAnswer) {
+        let inner = &self.inner;
+        if answer.reloaded {
+            // Redis restarted or was flushed: what the shadow holds may be stricter than
+            // Redis's own buckets now.
+            inner.shadow.clear();
+        }
+        let offset = answer.now_ms.saturating_sub(inner.clock.now_ms());
+        inner.redis_offset_ms.store(offset, Ordering::Relaxed);
+        inner.shadow.put(
+            &plan.keys,
+            &plan.charges,
+            &answer.outcome.states,
+            answer.now_ms,
+        );
+    }
+
     fn take_in_memory(&self, plan: &Plan<'_>) -> TakeAll {
         self.inner
             .memory
@@ -352,14 +419,20 @@ struct Plan<'a> {
     charges: Vec<Charge<'a>>,
 }
 
-/// Probes Redis with backoff whenever it is marked down, until it answers.
-async fn probe_while_down(health: Arc<RedisHealth>, redis: ScriptBuckets) {
+/// Probes Redis with backoff whenever it is marked down, until it answers. Redis may have
+/// lost its buckets meanwhile, so the shadow is dropped before it is trusted again.
+async fn probe_while_down(
+    health: Arc<RedisHealth>,
+    redis: ScriptBuckets,
+    shadow: Arc<MemoryBuckets>,
+) {
     let mut backoff = ProbeBackoff::default();
     loop {
         health.wait_down().await;
         while !health.is_up() {
             tokio::time::sleep(backoff.next_delay()).await;
             if redis.probe().await.is_ok() {
+                shadow.clear();
                 health.mark_up();
             }
         }

@@ -35,6 +35,18 @@ pub enum RedisError {
     Reply(String),
 }
 
+/// What the script answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptAnswer {
+    /// The decision, computed as in memory from the states the script read.
+    pub outcome: TakeAll,
+    /// The time the script charged at (Redis's clock unless the caller gave one).
+    pub now_ms: i64,
+    /// The script had to be loaded again: Redis restarted or flushed its scripts, so what
+    /// was known of its buckets may be stale.
+    pub reloaded: bool,
+}
+
 /// A Redis connection that runs the bucket script.
 #[derive(Clone)]
 pub struct ScriptBuckets {
@@ -110,7 +122,7 @@ impl ScriptBuckets {
         keys: &[String],
         charges: &[Charge<'_>],
         now_ms: Option<i64>,
-    ) -> Result<TakeAll, RedisError> {
+    ) -> Result<ScriptAnswer, RedisError> {
         let mut args = Vec::with_capacity(1 + 3 * charges.len());
         args.push(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for c in charges {
@@ -120,7 +132,7 @@ impl ScriptBuckets {
             args.push(c.limit.burst.to_string());
             args.push(c.cost.to_string());
         }
-        let reply = self.eval(keys.to_vec(), args).await?;
+        let (reply, reloaded) = self.eval(keys.to_vec(), args).await?;
         let (now, script_allowed, refilled) = parse_reply(reply, charges.len())?;
         // The script returned each bucket refilled to `now` before any charge; running the
         // pure function on those states refills nothing more and reproduces its decision.
@@ -139,7 +151,11 @@ impl ScriptBuckets {
                 outcome.allowed
             )));
         }
-        Ok(outcome)
+        Ok(ScriptAnswer {
+            outcome,
+            now_ms: now,
+            reloaded,
+        })
     }
 
     /// Whether Redis answers the script (a call over no buckets): what the prober asks.
@@ -147,7 +163,13 @@ impl ScriptBuckets {
         self.eval(Vec::new(), vec![String::new()]).await.map(|_| ())
     }
 
-    async fn eval(&self, keys: Vec<String>, args: Vec<String>) -> Result<Value, RedisError> {
+    /// Runs the script by SHA, loading it first if Redis does not have it; the flag says
+    /// whether it had to be loaded.
+    async fn eval(
+        &self,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(Value, bool), RedisError> {
         match self.evalsha(keys.clone(), args.clone()).await {
             Err(RedisError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
                 tracing::info!("loading the rate-limit script into Redis");
@@ -157,9 +179,9 @@ impl ScriptBuckets {
                         .script_load::<String, _>(SCRIPT),
                 )
                 .await?;
-                self.evalsha(keys, args).await
+                Ok((self.evalsha(keys, args).await?, true))
             }
-            other => other,
+            other => other.map(|value| (value, false)),
         }
     }
 
