@@ -9,12 +9,15 @@
 //!   fallback.
 //! - [`metric_names`]: every exported metric, described in one place, with its zero series.
 //! - [`breaker`]: the circuit-breaker state machine used by the .NET bridge.
+//! - [`config_cache`]: the `ConfigCache` actor (TTL, single-flight refresh, stale-if-error,
+//!   the copy kept in the durable store) and its typed handle.
 //!
 //! Pure logic is plain functions and small structs with unit tests beside them; actors own
 //! I/O and state, and each exposes a small cloneable typed handle.
 
 pub mod breaker;
 pub mod canonical;
+pub mod config_cache;
 pub mod merge;
 pub mod metric_names;
 pub mod supervisor;
