@@ -33,8 +33,13 @@ pub const UPSTREAM_OPERATIONS: [&str; 9] = [
     "preferences_put",
 ];
 /// Upstream call outcomes (`outcome` label).
-pub const UPSTREAM_OUTCOMES: [&str; 5] =
-    ["success", "client_error", "failure", "timeout", "short_circuited"];
+pub const UPSTREAM_OUTCOMES: [&str; 5] = [
+    "success",
+    "client_error",
+    "failure",
+    "timeout",
+    "short_circuited",
+];
 /// Event outcomes (`outcome` label of `sidecar_events_total`).
 pub const EVENT_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Rate-limit scopes (`scope` label).
@@ -47,25 +52,67 @@ pub const UPSTREAM_DOTNET: &str = "dotnet";
 /// Describes every metric to the installed recorder and creates each known series at zero.
 /// `actor_names` are the supervised children, `consumers` the watched JetStream consumers.
 pub fn register_all(actor_names: &[String], consumers: &[String]) {
-    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests served, by method, route template and status");
-    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request duration by route template");
-    describe_counter!(UPSTREAM_REQUESTS_TOTAL, "Calls to .NET by operation and outcome");
-    describe_histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, Unit::Seconds, "Duration of calls to .NET by operation");
-    describe_gauge!(CIRCUIT_STATE, "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open");
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests served, by method, route template and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration by route template"
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Calls to .NET by operation and outcome"
+    );
+    describe_histogram!(
+        UPSTREAM_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of calls to .NET by operation"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open"
+    );
     describe_counter!(EVENTS_TOTAL, "Events judged by POST /events, by outcome");
-    describe_gauge!(OUTBOX_PENDING, "Accepted events not yet published to JetStream");
-    describe_gauge!(QUEUE_LAG, "JetStream consumer lag (pending + ack pending) per consumer");
-    describe_gauge!(BACKPRESSURE_ACTIVE, "1 while /events sheds load with 429 backpressure");
-    describe_counter!(RATE_LIMITED_TOTAL, "Requests denied by a token bucket, by scope");
-    describe_counter!(RATE_LIMIT_FALLBACK_TOTAL, "Rate-limit decisions made in memory because Redis was unreachable");
-    describe_counter!(ACTOR_RESTARTS_TOTAL, "Restarts of supervised actors, by actor");
-    describe_counter!(ADMIN_MFA_REFUSED_TOTAL, "Admin logins refused because .NET skipped MFA");
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Accepted events not yet published to JetStream"
+    );
+    describe_gauge!(
+        QUEUE_LAG,
+        "JetStream consumer lag (pending + ack pending) per consumer"
+    );
+    describe_gauge!(
+        BACKPRESSURE_ACTIVE,
+        "1 while /events sheds load with 429 backpressure"
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests denied by a token bucket, by scope"
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACK_TOTAL,
+        "Rate-limit decisions made in memory because Redis was unreachable"
+    );
+    describe_counter!(
+        ACTOR_RESTARTS_TOTAL,
+        "Restarts of supervised actors, by actor"
+    );
+    describe_counter!(
+        ADMIN_MFA_REFUSED_TOTAL,
+        "Admin logins refused because .NET skipped MFA"
+    );
     describe_counter!(CONFIG_CACHE_TOTAL, "GET /config answers by cache result");
-    describe_counter!(HASH_MISMATCH_TOTAL, "Duplicates whose hash differs from the stored one");
+    describe_counter!(
+        HASH_MISMATCH_TOTAL,
+        "Duplicates whose hash differs from the stored one"
+    );
 
     for op in UPSTREAM_OPERATIONS {
         for outcome in UPSTREAM_OUTCOMES {
-            metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "operation" => op, "outcome" => outcome).increment(0);
+            metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "operation" => op, "outcome" => outcome)
+                .increment(0);
         }
     }
     metrics::gauge!(CIRCUIT_STATE, "upstream" => UPSTREAM_DOTNET).set(0.0);

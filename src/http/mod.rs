@@ -5,9 +5,10 @@
 //! - [`problem`]: the one mapping of errors to problem+json.
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
-//! - [`meta`], [`health`], [`docs`]: one `#[OpenApi]` struct per route group.
+//! - [`meta`], [`health`], [`docs`], [`config`]: one `#[OpenApi]` struct per route group.
 
 pub mod client_ip;
+pub mod config;
 pub mod context;
 pub mod conventions;
 pub mod docs;

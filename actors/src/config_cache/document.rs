@@ -30,7 +30,9 @@ impl ConfigDocument {
     /// the server's policy, so the last good config is kept instead.
     pub fn new(body: Value, fetched_at_ms: i64) -> Result<Self, FetchError> {
         let Some(object) = body.as_object() else {
-            return Err(FetchError::Invalid("the config is not a JSON object".into()));
+            return Err(FetchError::Invalid(
+                "the config is not a JSON object".into(),
+            ));
         };
         for member in REQUIRED_MEMBERS {
             if !object.get(member).is_some_and(Value::is_object) {
@@ -116,12 +118,14 @@ mod tests {
             r#"{"featureFlags":{"x":1.0},"policy":{},"notificationDefaults":{}}"#,
         )
         .unwrap();
-        let b: Value =
-            serde_json::from_str(r#"{"notificationDefaults":{},"policy":{},"featureFlags":{"x":1}}"#)
-                .unwrap();
-        let c: Value =
-            serde_json::from_str(r#"{"notificationDefaults":{},"policy":{},"featureFlags":{"x":2}}"#)
-                .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{"notificationDefaults":{},"policy":{},"featureFlags":{"x":1}}"#,
+        )
+        .unwrap();
+        let c: Value = serde_json::from_str(
+            r#"{"notificationDefaults":{},"policy":{},"featureFlags":{"x":2}}"#,
+        )
+        .unwrap();
         assert_eq!(strong_etag(&a), strong_etag(&b));
         assert_ne!(strong_etag(&a), strong_etag(&c));
     }
@@ -145,7 +149,10 @@ mod tests {
         bad_enforced["policy"]["enforced"] = json!([1]);
         for bad in [json!([]), json!("x"), no_flags, scalar_policy, bad_enforced] {
             assert!(
-                matches!(ConfigDocument::new(bad.clone(), 1), Err(FetchError::Invalid(_))),
+                matches!(
+                    ConfigDocument::new(bad.clone(), 1),
+                    Err(FetchError::Invalid(_))
+                ),
                 "{bad}"
             );
         }
@@ -155,13 +162,19 @@ mod tests {
     fn accessors() {
         let doc = ConfigDocument::new(valid(), 42).unwrap();
         assert_eq!(doc.fetched_at_ms(), 42);
-        assert_eq!(doc.notification_defaults(), &json!({"email": {"digest": "weekly"}}));
+        assert_eq!(
+            doc.notification_defaults(),
+            &json!({"email": {"digest": "weekly"}})
+        );
         assert_eq!(
             doc.enforced(),
             Some(&json!({"notifications": {"security": {"email": true}}}))
         );
         let mut no_enforced = valid();
         no_enforced["policy"] = json!({});
-        assert_eq!(ConfigDocument::new(no_enforced, 1).unwrap().enforced(), None);
+        assert_eq!(
+            ConfigDocument::new(no_enforced, 1).unwrap().enforced(),
+            None
+        );
     }
 }

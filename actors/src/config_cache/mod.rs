@@ -43,11 +43,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use crate::supervisor::{CallError, Slot};
-pub use document::ConfigDocument;
+pub use document::{ConfigDocument, REQUIRED_MEMBERS};
 pub use snapshot::{DbSnapshotStore, Snapshot, SnapshotError, SnapshotStore, CONFIG_SNAPSHOT_NAME};
 pub use source::{ConfigSource, FetchError};
-use state::{CacheState, Decision};
 pub use state::Freshness;
+use state::{CacheState, Decision};
 
 /// How long loading or saving the durable copy may take before the cache goes on without it.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -305,11 +305,7 @@ impl ConfigCacheHandle {
 
     /// The config to answer with, or why there is none.
     pub async fn get(&self) -> Result<ConfigAnswer, ConfigError> {
-        match self
-            .slot
-            .call(ConfigCacheMsg::Get, self.call_timeout)
-            .await
-        {
+        match self.slot.call(ConfigCacheMsg::Get, self.call_timeout).await {
             Ok(answer) => answer,
             // Restarting, or stuck past every bound: nothing to serve right now.
             Err(CallError::Unavailable | CallError::Timeout | CallError::Failed) => {

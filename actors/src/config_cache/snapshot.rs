@@ -134,12 +134,21 @@ mod tests {
         let store = store().await;
         assert_eq!(store.load().await.unwrap(), None);
         store.save(&snapshot("{\"v\":1}", 100)).await.unwrap();
-        assert_eq!(store.load().await.unwrap(), Some(snapshot("{\"v\":1}", 100)));
+        assert_eq!(
+            store.load().await.unwrap(),
+            Some(snapshot("{\"v\":1}", 100))
+        );
         store.save(&snapshot("{\"v\":3}", 300)).await.unwrap();
         store.save(&snapshot("{\"v\":2}", 200)).await.unwrap();
-        assert_eq!(store.load().await.unwrap(), Some(snapshot("{\"v\":3}", 300)));
+        assert_eq!(
+            store.load().await.unwrap(),
+            Some(snapshot("{\"v\":3}", 300))
+        );
         store.save(&snapshot("{\"v\":4}", 400)).await.unwrap();
-        assert_eq!(store.load().await.unwrap(), Some(snapshot("{\"v\":4}", 400)));
+        assert_eq!(
+            store.load().await.unwrap(),
+            Some(snapshot("{\"v\":4}", 400))
+        );
     }
 
     #[tokio::test]

@@ -188,11 +188,7 @@ impl CacheState {
                 // Requests wait only while no copy can be served, so with waiters there is no
                 // entry here; the `Some` arm only answers a background refresh nobody awaits.
                 match &self.entry {
-                    Some(entry) => Ok(answer(
-                        Arc::clone(&entry.document),
-                        true,
-                        CacheResult::Miss,
-                    )),
+                    Some(entry) => Ok(answer(Arc::clone(&entry.document), true, CacheResult::Miss)),
                     None => Err(error_for(&error, delay)),
                 }
             }
@@ -250,7 +246,8 @@ mod tests {
     }
 
     fn doc(version: u64) -> Arc<ConfigDocument> {
-        let body = json!({"policy": {}, "featureFlags": {"v": version}, "notificationDefaults": {}});
+        let body =
+            json!({"policy": {}, "featureFlags": {"v": version}, "notificationDefaults": {}});
         Arc::new(ConfigDocument::new(body, 0).unwrap())
     }
 
@@ -280,9 +277,15 @@ mod tests {
     fn cold_requests_share_one_fetch() {
         let t0 = Instant::now();
         let mut cache = CacheState::new(freshness());
-        assert!(matches!(cache.on_get(t0), Decision::Wait { start_fetch: true }));
+        assert!(matches!(
+            cache.on_get(t0),
+            Decision::Wait { start_fetch: true }
+        ));
         for _ in 0..99 {
-            assert!(matches!(cache.on_get(t0), Decision::Wait { start_fetch: false }));
+            assert!(matches!(
+                cache.on_get(t0),
+                Decision::Wait { start_fetch: false }
+            ));
         }
         let answer = cache.on_fetched(t0, Ok(doc(1))).unwrap();
         assert_eq!(answer.result, CacheResult::Miss);
@@ -330,7 +333,9 @@ mod tests {
         assert!(!fetch, "no new attempt within the retry delay");
         let (answer, fetch) = served(cache.on_get(t1 + DEFAULT_RETRY_DELAY));
         assert!(answer.stale && fetch);
-        cache.on_fetched(t1 + DEFAULT_RETRY_DELAY, Ok(doc(2))).unwrap();
+        cache
+            .on_fetched(t1 + DEFAULT_RETRY_DELAY, Ok(doc(2)))
+            .unwrap();
         let (answer, _) = served(cache.on_get(t1 + DEFAULT_RETRY_DELAY));
         assert!(!answer.stale);
         assert_eq!(answer.result, CacheResult::Hit);
@@ -386,7 +391,10 @@ mod tests {
     fn a_waiting_request_fails_with_the_retry_delay_when_the_fetch_fails() {
         let t0 = Instant::now();
         let mut cache = CacheState::new(freshness());
-        assert!(matches!(cache.on_get(t0), Decision::Wait { start_fetch: true }));
+        assert!(matches!(
+            cache.on_get(t0),
+            Decision::Wait { start_fetch: true }
+        ));
         let hint = FetchError::Unavailable {
             retry_after: Some(Duration::from_secs(5)),
         };
@@ -411,7 +419,10 @@ mod tests {
             .on_fetched(t0, Err(FetchError::Invalid("nope".into())))
             .unwrap_err();
         assert_eq!(err, ConfigError::BadUpstream);
-        assert!(matches!(cache.on_get(t0), Decision::Fail(ConfigError::BadUpstream)));
+        assert!(matches!(
+            cache.on_get(t0),
+            Decision::Fail(ConfigError::BadUpstream)
+        ));
     }
 
     #[test]
@@ -431,8 +442,7 @@ mod tests {
     #[test]
     fn a_stored_copy_is_stale_until_confirmed() {
         let t0 = Instant::now();
-        let mut cache =
-            CacheState::with_stored(freshness(), doc(1), Duration::from_secs(1), t0);
+        let mut cache = CacheState::with_stored(freshness(), doc(1), Duration::from_secs(1), t0);
         assert!(cache.on_start());
         let (answer, fetch) = served(cache.on_get(t0));
         assert!(answer.stale, "not fetched by this incarnation");
@@ -453,7 +463,9 @@ mod tests {
         cache.on_fetched(t0, Err(down())).unwrap();
         let (answer, _) = served(cache.on_get(t0 + Duration::from_secs(10)));
         assert!(answer.stale);
-        cache.on_fetched(t0 + Duration::from_secs(10), Err(down())).ok();
+        cache
+            .on_fetched(t0 + Duration::from_secs(10), Err(down()))
+            .ok();
         assert!(!matches!(
             cache.on_get(t0 + Duration::from_secs(11)),
             Decision::Serve { .. }
@@ -465,7 +477,10 @@ mod tests {
         let t0 = Instant::now();
         let age = TTL + MAX_STALE + Duration::from_secs(1);
         let mut cache = CacheState::with_stored(freshness(), doc(1), age, t0);
-        assert!(matches!(cache.on_get(t0), Decision::Wait { start_fetch: true }));
+        assert!(matches!(
+            cache.on_get(t0),
+            Decision::Wait { start_fetch: true }
+        ));
         assert!(cache.on_fetched(t0, Err(down())).is_err());
     }
 }

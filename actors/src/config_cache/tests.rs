@@ -159,7 +159,11 @@ async fn refreshes_after_the_ttl_in_the_background() {
     let during = futures::future::join_all((0..10).map(|_| cache.get())).await;
     for answer in during {
         let answer = answer.unwrap();
-        assert_eq!(version(&answer), 1, "the old copy is served while refreshing");
+        assert_eq!(
+            version(&answer),
+            1,
+            "the old copy is served while refreshing"
+        );
         assert_eq!(answer.result, CacheResult::Refresh);
         assert!(!answer.stale);
     }
@@ -288,9 +292,10 @@ async fn a_restart_during_an_outage_serves_the_stored_copy_as_stale() {
     assert!(answer.stale);
     assert_eq!(answer.result, CacheResult::Stale);
 
-    // .NET comes back: the next attempt confirms a fresh copy.
+    // .NET comes back: the next attempt (due 1 s after the warm-up failed) confirms a
+    // fresh copy.
     source.serve(config(8));
-    tokio::time::sleep(state::DEFAULT_RETRY_DELAY).await;
+    tokio::time::sleep(state::DEFAULT_RETRY_DELAY + FETCH_DELAY).await;
     cache.get().await.unwrap();
     tokio::time::sleep(FETCH_DELAY * 2).await;
     let answer = cache.get().await.unwrap();
