@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::supervisor::{Supervisor, SupervisorHandle, SupervisorHealth};
+use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
@@ -45,13 +45,26 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Vec::new()).await
+    }
+
+    /// Like [`Application::build`], with extra supervised children after the service's own
+    /// (tests use it to put a misbehaving actor under the real supervisor).
+    pub async fn build_with(
+        settings: Settings,
+        extra_children: Vec<ChildSpec>,
+    ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
-        let (supervisor, tree) = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+        let mut tree_builder = Supervisor::builder()
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
+        for child in extra_children {
+            tree_builder = tree_builder.child(child);
+        }
+        let (supervisor, tree) = tree_builder
             .start()
             .await
             .context("the supervision tree failed to start")?;

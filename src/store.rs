@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 use crate::settings::Settings;
 
@@ -29,9 +29,36 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
         });
     let db = Database::connect(options).await?;
     if settings.run_migrations {
-        Migrator::up(&db, None).await?;
+        migrate(&db, url, sqlite).await?;
     }
     Ok(db)
+}
+
+/// An arbitrary, fixed key for the advisory lock that serialises migrations.
+const MIGRATION_LOCK_KEY: i64 = 0x051D_ECA7;
+
+/// Runs the migrations. On PostgreSQL, replicas starting together take turns under a
+/// session advisory lock held on a connection of its own (the pool's connections come and
+/// go, and a session lock belongs to one connection); the later ones then find nothing to
+/// do. SQLite has one process by construction.
+async fn migrate(db: &DatabaseConnection, url: &str, sqlite: bool) -> Result<(), DbErr> {
+    if sqlite {
+        return Migrator::up(db, None).await;
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(1);
+    let lock = Database::connect(options).await?;
+    lock.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .await?;
+    let result = Migrator::up(db, None).await;
+    let _ = lock
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .await;
+    let _ = lock.close().await;
+    result
 }
 
 /// Whether the store answers a trivial query within a short bound (readiness).

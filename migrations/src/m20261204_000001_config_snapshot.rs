@@ -22,16 +22,27 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(ConfigSnapshot::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(ConfigSnapshot::Name).string_len(64).not_null().primary_key())
+                    .col(
+                        ColumnDef::new(ConfigSnapshot::Name)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(ConfigSnapshot::Body).text().not_null())
                     // Unix milliseconds: portable across PostgreSQL and SQLite.
-                    .col(ColumnDef::new(ConfigSnapshot::FetchedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(ConfigSnapshot::FetchedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(ConfigSnapshot::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(ConfigSnapshot::Table).to_owned())
+            .await
     }
 }

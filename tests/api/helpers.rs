@@ -115,6 +115,7 @@ pub enum Store {
 /// How to start a [`TestApp`].
 pub struct TestAppBuilder {
     env: HashMap<String, String>,
+    extra_children: Vec<actors::supervisor::ChildSpec>,
     store: Store,
     database_url: Option<String>,
 }
@@ -122,6 +123,12 @@ pub struct TestAppBuilder {
 impl TestAppBuilder {
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Puts an extra actor under the service's supervisor.
+    pub fn child(mut self, spec: actors::supervisor::ChildSpec) -> Self {
+        self.extra_children.push(spec);
         self
     }
 
@@ -176,7 +183,7 @@ impl TestAppBuilder {
         };
         env.insert("DATABASE_URL".into(), url.clone());
         let settings = Settings::from_map(&env).expect("test settings are valid");
-        let app = Application::build(settings)
+        let app = Application::build_with(settings, self.extra_children)
             .await
             .expect("the application starts");
         let addr = app.local_addr();
@@ -217,6 +224,7 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             env: HashMap::new(),
+            extra_children: Vec::new(),
             store: Store::Default,
             database_url: None,
         }

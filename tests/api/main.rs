@@ -4,5 +4,7 @@
 mod helpers;
 
 mod conventions;
+mod docs_browser;
 mod health;
 mod process;
+mod supervision;
