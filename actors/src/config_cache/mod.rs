@@ -199,9 +199,18 @@ impl Actor for ConfigCache {
                 }
             },
             ConfigCacheMsg::Fetched(result) => {
+                // Log transitions at warn/info and repeats at debug, so a long outage is a
+                // few lines, not one per retry.
+                let was_failing = state.cache.is_failing();
                 match &result {
+                    Ok(document) if was_failing => {
+                        tracing::info!(etag = document.etag(), "config cache: .NET answers again")
+                    }
                     Ok(document) => {
                         tracing::debug!(etag = document.etag(), "config cache: refreshed")
+                    }
+                    Err(error) if was_failing => {
+                        tracing::debug!(%error, "config cache: fetch failed again")
                     }
                     Err(error) => tracing::warn!(%error, "config cache: fetch failed"),
                 }

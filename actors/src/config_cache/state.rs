@@ -120,6 +120,11 @@ impl CacheState {
         self.fetching
     }
 
+    /// Whether the last fetch failed (and none has succeeded since).
+    pub fn is_failing(&self) -> bool {
+        self.failure.is_some()
+    }
+
     /// One request for the config at `now`.
     pub fn on_get(&mut self, now: Instant) -> Decision {
         self.drop_unservable(now);
