@@ -488,4 +488,103 @@ mod tests {
         ));
         assert!(cache.on_fetched(t0, Err(down())).is_err());
     }
+
+    mod properties {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Get,
+            /// The running fetch (if any) ends: a config, or a failure with this hint (ms).
+            Complete(Option<u64>),
+        }
+
+        fn op() -> impl Strategy<Value = (u64, Op)> {
+            let op = prop_oneof![
+                3 => Just(Op::Get),
+                1 => Just(Op::Complete(None)),
+                1 => (0u64..40_000).prop_map(|hint| Op::Complete(Some(hint))),
+            ];
+            (0u64..20_000, op)
+        }
+
+        proptest! {
+            /// Whatever happens: one fetch at a time; nothing older than TTL + max stale is
+            /// served; a hit is younger than the TTL; an unflagged answer means the last
+            /// fetch succeeded; a request waits only when nothing could be served.
+            #[test]
+            fn cache_invariants(ops in proptest::collection::vec(op(), 1..200)) {
+                let freshness = Freshness {
+                    ttl: Duration::from_secs(10),
+                    max_stale: Duration::from_secs(30),
+                };
+                let limit = freshness.ttl + freshness.max_stale;
+                let t0 = Instant::now();
+                let mut now = t0;
+                let mut cache = CacheState::new(freshness);
+                let mut in_flight = cache.on_start();
+                let mut fetched_at: HashMap<String, Instant> = HashMap::new();
+                let mut newest: Option<Instant> = None;
+                let mut last_ok = true;
+                let mut version = 0;
+                for (advance, op) in ops {
+                    now += Duration::from_millis(advance);
+                    match op {
+                        Op::Get => match cache.on_get(now) {
+                            Decision::Serve { answer, start_fetch } => {
+                                let at = fetched_at[answer.document.etag()];
+                                let age = now - at;
+                                prop_assert!(age <= limit, "served a copy {age:?} old");
+                                if answer.result == CacheResult::Hit {
+                                    prop_assert!(age < freshness.ttl);
+                                }
+                                if !answer.stale {
+                                    prop_assert!(last_ok);
+                                }
+                                prop_assert!(!(start_fetch && in_flight), "second fetch");
+                                in_flight |= start_fetch;
+                            }
+                            Decision::Wait { start_fetch } => {
+                                prop_assert!(newest.is_none_or(|at| now - at > limit));
+                                prop_assert!(!(start_fetch && in_flight), "second fetch");
+                                prop_assert!(start_fetch || in_flight, "waits for nothing");
+                                in_flight |= start_fetch;
+                            }
+                            Decision::Fail(_) => {
+                                prop_assert!(newest.is_none_or(|at| now - at > limit));
+                                prop_assert!(!last_ok);
+                            }
+                        },
+                        Op::Complete(_) if !in_flight => {}
+                        Op::Complete(None) => {
+                            version += 1;
+                            let body = serde_json::json!({
+                                "policy": {}, "featureFlags": {"v": version},
+                                "notificationDefaults": {}
+                            });
+                            let document = Arc::new(ConfigDocument::new(body, 0).unwrap());
+                            fetched_at.insert(document.etag().to_owned(), now);
+                            newest = Some(now);
+                            cache.on_fetched(now, Ok(document)).unwrap();
+                            in_flight = false;
+                            last_ok = true;
+                        }
+                        Op::Complete(Some(hint)) => {
+                            let error = FetchError::Unavailable {
+                                retry_after: Some(Duration::from_millis(hint)),
+                            };
+                            let _ = cache.on_fetched(now, Err(error));
+                            in_flight = false;
+                            last_ok = false;
+                        }
+                    }
+                    prop_assert_eq!(cache.is_fetching(), in_flight);
+                }
+            }
+        }
+    }
 }
