@@ -7,18 +7,35 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::breaker::BreakerConfig;
+use actors::bridge::BridgeConfig;
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::auth::AuthService;
+use crate::http::auth::AuthApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
+use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::security::SharedAuthenticator;
+use crate::identity::Identity;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
+
+/// Parts of the application a caller may supply instead of the ones built from settings.
+#[derive(Default)]
+pub struct Overrides {
+    /// Judges bearer tokens instead of the configured authenticator.
+    pub authenticator: Option<SharedAuthenticator>,
+    /// Extra supervised children after the service's own (tests use it to put a
+    /// misbehaving actor under the real supervisor).
+    pub extra_children: Vec<ChildSpec>,
+}
 
 /// How the service stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,23 +62,25 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        Self::build_with(settings, Vec::new()).await
+        Self::build_with(settings, Overrides::default()).await
     }
 
-    /// Like [`Application::build`], with extra supervised children after the service's own
-    /// (tests use it to put a misbehaving actor under the real supervisor).
-    pub async fn build_with(
-        settings: Settings,
-        extra_children: Vec<ChildSpec>,
-    ) -> anyhow::Result<Self> {
+    /// [`Application::build`] with parts replaced or added (what the integration tests and
+    /// the benchmark use).
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
+        // The bridge to .NET: every call to .NET goes through it (contract section 9).
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+        let events = crate::events::build(&settings, &db).await?;
+
         let mut tree_builder = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
-        for child in extra_children {
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .child(bridge_spec);
+        for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
         }
         let (supervisor, tree) = tree_builder
@@ -78,9 +97,18 @@ impl Application {
 
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+        readiness.add(events.probe);
+
+        // Who the caller is (contract 3.5), for every route with the bearer scheme.
+        let authenticator = overrides
+            .authenticator
+            .unwrap_or_else(|| Identity::new(settings.jwt.as_ref(), bridge.clone()).shared());
 
         let docs = RenderedDocs::default();
         let apis = (
+            AuthApi {
+                service: Arc::new(AuthService::new(bridge.clone(), settings.enforce_admin_mfa)),
+            },
             MetaApi,
             HealthApi {
                 tree: tree.clone(),
@@ -88,9 +116,18 @@ impl Application {
                 metrics,
             },
             DocsApi { docs: docs.clone() },
+            EventsApi {
+                ingest: events.ingest,
+            },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
-        let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
+        let endpoint = crate::http::build(
+            apis,
+            docs,
+            settings.trusted_proxies.clone(),
+            max_body,
+            authenticator,
+        );
 
         let acceptor = TcpListener::bind(settings.bind)
             .into_acceptor()
@@ -156,6 +193,25 @@ impl Application {
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)
+    }
+}
+
+/// The bridge's settings: `DOTNET_*` and the `CIRCUIT_*` thresholds.
+fn bridge_config(settings: &Settings) -> BridgeConfig {
+    let c = &settings.circuit;
+    BridgeConfig {
+        base_url: settings.dotnet.base_url.clone(),
+        timeout: settings.dotnet.timeout,
+        breaker: BreakerConfig {
+            failure_rate_pct: c.failure_rate_pct,
+            min_calls: c.min_calls,
+            window: c.window,
+            open_for: c.open_for,
+            half_open_probes: c.half_open_probes,
+            slow_call: settings.dotnet.slow_call,
+            slow_call_rate_pct: c.slow_call_rate_pct,
+            call_timeout: settings.dotnet.timeout,
+        },
     }
 }
 

@@ -69,6 +69,9 @@ pub struct Settings {
     pub jwt: Option<JwtSettings>,
     pub database_url: Secret,
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key this service writes (`REDIS_KEY_PREFIX`, ours), so that
+    /// deployments (and tests) sharing one Redis do not meet.
+    pub redis_key_prefix: String,
     pub nats_url: Option<Secret>,
     pub events: EventSettings,
     pub rate_limits: RateLimitSettings,
@@ -82,6 +85,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Run migrations at start-up (the default) or expect them applied.
     pub run_migrations: bool,
+    /// TEST-ONLY fault injection (`SIDECAR_FAILPOINT`); never set in production.
+    pub failpoint: Option<Failpoint>,
+}
+
+/// Test-only failpoints (`SIDECAR_FAILPOINT`), read once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// `crash_after_commit`: abort the process right after a dedupe shard's commit, before
+    /// any answer or publish (the crash test of the transactional outbox).
+    CrashAfterCommit,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +229,7 @@ impl Settings {
                 &["sqlite", "postgres", "postgresql"],
             )?),
             redis_url: env.optional_secret_url("REDIS_URL", &["redis", "rediss"])?,
+            redis_key_prefix: env.string("REDIS_KEY_PREFIX", "sidecar:"),
             nats_url: env.optional_secret_url("NATS_URL", &["nats", "tls"])?,
             events: EventSettings {
                 max_batch: env.positive("EVENT_MAX_BATCH", 500)?,
@@ -277,6 +291,13 @@ impl Settings {
             },
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 20.0)?,
             run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
+            failpoint: match env.optional_string("SIDECAR_FAILPOINT").as_deref() {
+                None => None,
+                Some("crash_after_commit") => Some(Failpoint::CrashAfterCommit),
+                Some(other) => {
+                    return Err(env.error("SIDECAR_FAILPOINT", other, "`crash_after_commit`"))
+                }
+            },
         };
         Ok(settings)
     }

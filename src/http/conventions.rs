@@ -69,6 +69,9 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
             }
             match self.inner.call(req).await {
                 Ok(resp) => resp.into_response(),
+                // A handler's `Err(ProblemResponse)`: poem-openapi wraps the response it
+                // already rendered (status, problem body, Retry-After, WWW-Authenticate).
+                Err(err) if err.is_from_response() => err.into_response(),
                 Err(err) => {
                     let problem = from_poem_error(&err);
                     if problem.status.is_server_error() && problem.code == "internal_error" {

@@ -3,8 +3,14 @@
 
 mod helpers;
 
+mod auth;
+mod bridge;
 mod conventions;
 mod docs_browser;
+mod event_faults;
+mod event_support;
+mod events;
 mod health;
+mod identity;
 mod process;
 mod supervision;
