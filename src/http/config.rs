@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::bridge::request::whole_seconds;
 use actors::config_cache::{
     CacheResult, ConfigCacheHandle, ConfigDocument, ConfigError, REQUIRED_MEMBERS,
 };
@@ -199,11 +200,6 @@ pub fn problem_for(error: &ConfigError) -> Problem {
     }
 }
 
-/// Whole seconds for a `Retry-After`: rounded up, at least 1 (contract section 12).
-fn whole_seconds(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-}
-
 /// Whether `If-None-Match` (all its header lines) matches `etag` (RFC 9110 section 13.1.2):
 /// `*` matches any current config; otherwise entity tags are compared weakly, so `W/`
 /// prefixes on either side are ignored. Entity tags are parsed as quoted strings, so a comma
@@ -293,13 +289,5 @@ mod tests {
             "the quotes pair up differently"
         );
         assert!(!matches(&["W/", "\""]));
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        assert_eq!(whole_seconds(Duration::ZERO), 1);
-        assert_eq!(whole_seconds(Duration::from_millis(200)), 1);
-        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
-        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
     }
 }

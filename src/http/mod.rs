@@ -18,6 +18,7 @@ pub mod docs;
 pub mod events;
 pub mod health;
 pub mod meta;
+pub mod preferences;
 pub mod problem;
 pub mod security;
 pub mod text;

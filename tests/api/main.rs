@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod bridge;
+mod config;
 mod conventions;
 mod docs_browser;
 mod event_faults;
@@ -12,5 +13,6 @@ mod event_support;
 mod events;
 mod health;
 mod identity;
+mod preferences;
 mod process;
 mod supervision;

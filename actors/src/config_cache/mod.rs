@@ -42,10 +42,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use crate::supervisor::{CallError, Slot};
+use crate::supervisor::{CallError, ChildSpec, Slot};
 pub use document::{ConfigDocument, REQUIRED_MEMBERS};
 pub use snapshot::{DbSnapshotStore, Snapshot, SnapshotError, SnapshotStore, CONFIG_SNAPSHOT_NAME};
-pub use source::{ConfigSource, FetchError};
+pub use source::{BridgeConfigSource, ConfigSource, FetchError};
 pub use state::Freshness;
 use state::{CacheState, Decision};
 
@@ -118,6 +118,16 @@ pub struct ConfigCacheArgs {
     pub freshness: Freshness,
     /// Backstop on one fetch, beyond the bridge's own timeout and retries.
     pub fetch_timeout: Duration,
+}
+
+/// The supervised child `config_cache` and the handle to it.
+pub fn child_spec(args: ConfigCacheArgs) -> (ChildSpec, ConfigCacheHandle) {
+    let slot = Slot::new();
+    let handle = ConfigCacheHandle::new(slot.clone(), &args);
+    (
+        ChildSpec::actor("config_cache", ConfigCache, args, slot),
+        handle,
+    )
 }
 
 /// The config cache actor (stateless: everything lives in [`ConfigCacheState`]).

@@ -1,9 +1,11 @@
-//! Where the config comes from: [`ConfigSource`], implemented over the .NET bridge by the
-//! application and by fakes in the tests.
+//! Where the config comes from: [`ConfigSource`], implemented over the .NET bridge
+//! ([`BridgeConfigSource`]) and by fakes in the tests.
 
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::bridge::{BridgeHandle, Operation, UpstreamError, UpstreamRequest};
 
 /// Fetches the current `/config` from .NET.
 ///
@@ -34,6 +36,40 @@ impl FetchError {
         match self {
             FetchError::Unavailable { retry_after } => *retry_after,
             FetchError::Invalid(_) => None,
+        }
+    }
+}
+
+/// [`ConfigSource`] over the .NET bridge: `GET /config` (operation `config`), through the
+/// breaker, retried as an idempotent read where the bridge allows it.
+#[derive(Clone)]
+pub struct BridgeConfigSource {
+    bridge: BridgeHandle,
+}
+
+impl BridgeConfigSource {
+    pub fn new(bridge: BridgeHandle) -> Self {
+        BridgeConfigSource { bridge }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConfigSource for BridgeConfigSource {
+    async fn fetch(&self) -> Result<Value, FetchError> {
+        // A refresh serves every client at once, so it is nobody's request: no client ids
+        // are forwarded and .NET sees a trace of its own.
+        let request = UpstreamRequest::get(Operation::Config, "/config");
+        match self.bridge.call(request).await {
+            Ok(response) if response.status == 200 => Ok(response.body),
+            Ok(response) => Err(FetchError::Invalid(format!(
+                ".NET answered {} to GET /config",
+                response.status
+            ))),
+            Err(UpstreamError::Unavailable { retry_after, .. }) => Err(FetchError::Unavailable {
+                retry_after: Some(Duration::from_secs(retry_after)),
+            }),
+            Err(UpstreamError::Timeout) => Err(FetchError::Unavailable { retry_after: None }),
+            Err(UpstreamError::BadGateway(detail)) => Err(FetchError::Invalid(detail)),
         }
     }
 }
