@@ -20,7 +20,9 @@
 //!   one) before it is answered, and loaded when the actor starts. A loaded copy counts its
 //!   age from its original fetch (wall clock), so TTL + max stale bounds it exactly as it
 //!   bounded the replica that fetched it; it is answered as stale until this incarnation's
-//!   own fetch (started at once, as a warm-up) succeeds, since nobody has confirmed it.
+//!   own fetch succeeds, since nobody has confirmed it (the first request starts that fetch).
+//! - **Lazy**: nothing is fetched until a request needs the config, so an instance nobody
+//!   asks puts no load on .NET and no calls in its breaker's window.
 //!
 //! The mailbox never waits on .NET or the store: a fetch runs in its own task, bounded by
 //! `fetch_timeout`, and comes back as [`ConfigCacheMsg::Fetched`]. The decisions themselves
@@ -168,17 +170,6 @@ impl Actor for ConfigCache {
             waiters: Vec::new(),
             args,
         })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if state.cache.on_start() {
-            spawn_fetch(myself, &state.args);
-        }
-        Ok(())
     }
 
     async fn handle(

@@ -109,12 +109,6 @@ impl CacheState {
         }
     }
 
-    /// At start-up: fetch at once (warm-up), so that the first request finds a copy and a
-    /// copy loaded from the store is confirmed or known stale quickly.
-    pub fn on_start(&mut self) -> bool {
-        self.begin_fetch()
-    }
-
     /// Whether a fetch is running.
     pub fn is_fetching(&self) -> bool {
         self.fetching
@@ -273,7 +267,10 @@ mod tests {
     /// A cache that fetched `doc(1)` at `t0`.
     fn warm(t0: Instant) -> CacheState {
         let mut cache = CacheState::new(freshness());
-        assert!(cache.on_start());
+        assert!(matches!(
+            cache.on_get(t0),
+            Decision::Wait { start_fetch: true }
+        ));
         cache.on_fetched(t0, Ok(doc(1))).unwrap();
         cache
     }
@@ -448,11 +445,12 @@ mod tests {
     fn a_stored_copy_is_stale_until_confirmed() {
         let t0 = Instant::now();
         let mut cache = CacheState::with_stored(freshness(), doc(1), Duration::from_secs(1), t0);
-        assert!(cache.on_start());
         let (answer, fetch) = served(cache.on_get(t0));
         assert!(answer.stale, "not fetched by this incarnation");
         assert_eq!(answer.result, CacheResult::Stale);
-        assert!(!fetch, "the warm-up fetch is running");
+        assert!(fetch, "young as it is, it is confirmed at once");
+        let (again, fetch) = served(cache.on_get(t0));
+        assert!(again.stale && !fetch);
         cache.on_fetched(t0, Ok(doc(2))).unwrap();
         let (answer, _) = served(cache.on_get(t0));
         assert!(!answer.stale);
@@ -464,7 +462,7 @@ mod tests {
         let t0 = Instant::now();
         let age = TTL + MAX_STALE - Duration::from_secs(10);
         let mut cache = CacheState::with_stored(freshness(), doc(1), age, t0);
-        cache.on_start();
+        assert!(served(cache.on_get(t0)).1);
         cache.on_fetched(t0, Err(down())).unwrap();
         let (answer, _) = served(cache.on_get(t0 + Duration::from_secs(10)));
         assert!(answer.stale);
@@ -526,7 +524,7 @@ mod tests {
                 let t0 = Instant::now();
                 let mut now = t0;
                 let mut cache = CacheState::new(freshness);
-                let mut in_flight = cache.on_start();
+                let mut in_flight = false;
                 let mut fetched_at: HashMap<String, Instant> = HashMap::new();
                 let mut newest: Option<Instant> = None;
                 let mut last_ok = true;

@@ -292,7 +292,7 @@ async fn a_restart_during_an_outage_serves_the_stored_copy_as_stale() {
     assert!(answer.stale);
     assert_eq!(answer.result, CacheResult::Stale);
 
-    // .NET comes back: the next attempt (due 1 s after the warm-up failed) confirms a
+    // .NET comes back: the next attempt (due 1 s after the first one failed) confirms a
     // fresh copy.
     source.serve(config(8));
     tokio::time::sleep(state::DEFAULT_RETRY_DELAY + FETCH_DELAY).await;
@@ -314,10 +314,15 @@ async fn a_stored_copy_too_old_to_serve_is_not_served() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stored_copy_is_replaced_by_the_warm_up_fetch() {
+async fn a_stored_copy_is_confirmed_by_the_first_request() {
     let store = MemoryStore::holding(&config(7), Duration::from_secs(1));
     let source = FakeSource::new(config(8));
     let cache = start(source.clone(), store.clone()).await;
+    tokio::time::sleep(FETCH_DELAY * 2).await;
+    assert_eq!(source.calls(), 0, "nothing is fetched before it is needed");
+    let first = cache.get().await.unwrap();
+    assert_eq!(version(&first), 7);
+    assert!(first.stale);
     tokio::time::sleep(FETCH_DELAY * 2).await;
     let answer = cache.get().await.unwrap();
     assert_eq!(version(&answer), 8);
