@@ -5,10 +5,12 @@
 //!   the .NET emulator, with the same load loop, in the same run.
 //! - `ingest`: POST /events throughput and latency, with the raw PostgreSQL and JetStream
 //!   ceilings measured in the same run.
+//! - `startup`: start-up time to ready and idle RSS of the release binary.
 
 mod auth;
 mod ingest;
 mod load;
+mod startup;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,8 @@ enum Command {
     Auth(auth::AuthArgs),
     /// POST /events throughput and latency, with the raw PostgreSQL and JetStream ceilings.
     Ingest(ingest::Args),
+    /// Start-up time to ready and idle memory of the release binary.
+    Startup(startup::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Auth(args) => runtime.block_on(auth::run(args)),
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
+        Command::Startup(args) => runtime.block_on(startup::run(args)),
     }
 }
