@@ -56,7 +56,8 @@ impl Application {
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
         // The bridge to .NET: every call to .NET goes through it (contract section 9).
-        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings))
+            .context("DOTNET_BASE_URL is not a usable URL")?;
 
         let (supervisor, tree) = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
