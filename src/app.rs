@@ -79,7 +79,8 @@ impl Application {
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
         // The bridge to .NET: every call to .NET goes through it (contract section 9).
-        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings))
+            .context("DOTNET_BASE_URL is not a usable URL")?;
         // The config cache (contract 7), after the bridge it fetches through.
         let (config_spec, config_cache) =
             actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));

@@ -29,6 +29,8 @@ const REPLY_MARGIN: Duration = Duration::from_secs(1);
 pub struct BridgeHandle {
     slot: Slot<BridgeMsg>,
     base_url: Arc<str>,
+    /// `base_url` parsed once.
+    base: reqwest::Url,
     user_agent: HeaderValue,
     reply_timeout: Duration,
     backoff: BackoffSettings,
@@ -43,9 +45,17 @@ struct BackoffSettings {
 }
 
 impl BridgeHandle {
-    pub(super) fn new(slot: Slot<BridgeMsg>, base_url: &str, timeout: Duration) -> Self {
-        Self {
+    /// `base_url` must be an absolute `http(s)` URL (the settings check it).
+    pub(super) fn new(
+        slot: Slot<BridgeMsg>,
+        base_url: &str,
+        timeout: Duration,
+    ) -> Result<Self, super::InvalidBaseUrl> {
+        let base =
+            reqwest::Url::parse(base_url).map_err(|err| super::InvalidBaseUrl(err.to_string()))?;
+        Ok(Self {
             slot,
+            base,
             base_url: Arc::from(base_url.trim_end_matches('/')),
             user_agent: HeaderValue::from_static(concat!("sidecar/", env!("CARGO_PKG_VERSION"))),
             reply_timeout: timeout + REPLY_MARGIN,
@@ -54,7 +64,7 @@ impl BridgeHandle {
                 max: Duration::from_millis(500),
                 max_elapsed: Duration::from_secs(2),
             },
-        }
+        })
     }
 
     /// `DOTNET_BASE_URL`, without a trailing slash.
@@ -69,7 +79,10 @@ impl BridgeHandle {
     /// `Err` is a 5xx, a timeout, a connection failure, an open circuit or an answer that
     /// is not JSON.
     pub async fn call(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        let prepared = Arc::new(Prepared::new(&self.base_url, &self.user_agent, request));
+        let path = request.path.clone();
+        let prepared = Prepared::new(&self.base, &self.user_agent, request)
+            .ok_or_else(|| UpstreamError::BadGateway(format!("{path:?} does not make a URL")))?;
+        let prepared = Arc::new(prepared);
         let policy = prepared.retry;
         let attempts = AtomicU32::new(0);
         let backoff = ExponentialBackoff {

@@ -44,6 +44,11 @@ use crate::supervisor::{ChildSpec, Slot};
 /// The supervised child's name (logs, health, `sidecar_actor_restarts_total{actor}`).
 pub const ACTOR_NAME: &str = "dotnet_bridge";
 
+/// `DOTNET_BASE_URL` does not parse as a URL.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the .NET base URL does not parse: {0}")]
+pub struct InvalidBaseUrl(pub String);
+
 /// How the bridge starts (and restarts).
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -55,12 +60,13 @@ pub struct BridgeConfig {
     pub breaker: BreakerConfig,
 }
 
-/// The supervisor's spec for the bridge, and the handle callers use.
-pub fn child_spec(config: BridgeConfig) -> (ChildSpec, BridgeHandle) {
+/// The supervisor's spec for the bridge, and the handle callers use. Fails when
+/// `base_url` is not an absolute URL.
+pub fn child_spec(config: BridgeConfig) -> Result<(ChildSpec, BridgeHandle), InvalidBaseUrl> {
     let slot = Slot::new();
-    let handle = BridgeHandle::new(slot.clone(), &config.base_url, config.timeout);
-    (
+    let handle = BridgeHandle::new(slot.clone(), &config.base_url, config.timeout)?;
+    Ok((
         ChildSpec::actor(ACTOR_NAME, DotnetBridge, config, slot),
         handle,
-    )
+    ))
 }
