@@ -124,6 +124,8 @@ pub struct EventSettings {
     pub stream: String,
     /// Number of DedupeShard actors (`EVENT_SHARDS`).
     pub shards: usize,
+    /// Group commits each shard may have in flight (`EVENT_SHARD_FLUSHES`, ours).
+    pub shard_flushes: usize,
     /// Durable consumer name of the aggregator (`AGGREGATOR_CONSUMER`).
     pub aggregator_consumer: String,
 }
@@ -251,6 +253,7 @@ impl Settings {
                 hash_bucket_seconds: env.positive("EVENT_HASH_BUCKET_SECONDS", 60)?,
                 stream: env.stream_name("EVENT_STREAM", "EVENTS")?,
                 shards: env.positive("EVENT_SHARDS", 4)?,
+                shard_flushes: env.positive("EVENT_SHARD_FLUSHES", 2)?,
                 aggregator_consumer: env.string("AGGREGATOR_CONSUMER", "aggregator"),
             },
             rate_limits: RateLimitSettings {
