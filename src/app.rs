@@ -7,17 +7,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::breaker::BreakerConfig;
+use actors::bridge::{BridgeConfig, BridgeHandle};
+use actors::config_cache::{
+    BridgeConfigSource, ConfigCacheArgs, DbSnapshotStore, Freshness, CONFIG_SNAPSHOT_NAME,
+};
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::auth::AuthService;
+use crate::http::auth::AuthApi;
+use crate::http::config::ConfigApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
 use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::preferences::PreferencesApi;
 use crate::http::security::SharedAuthenticator;
+use crate::identity::Identity;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
@@ -68,9 +78,18 @@ impl Application {
             .await
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
+        // The bridge to .NET: every call to .NET goes through it (contract section 9).
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings))
+            .context("DOTNET_BASE_URL is not a usable URL")?;
+        // The config cache (contract 7), after the bridge it fetches through.
+        let (config_spec, config_cache) =
+            actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
         let events = crate::events::build(&settings, &db).await?;
+
         let mut tree_builder = Supervisor::builder()
-            .intensity(settings.supervisor.max_restarts, settings.supervisor.window);
+            .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
+            .child(bridge_spec)
+            .child(config_spec);
         for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
         }
@@ -90,8 +109,16 @@ impl Application {
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
         readiness.add(events.probe);
 
+        // Who the caller is (contract 3.5), for every route with the bearer scheme.
+        let authenticator = overrides
+            .authenticator
+            .unwrap_or_else(|| Identity::new(settings.jwt.as_ref(), bridge.clone()).shared());
+
         let docs = RenderedDocs::default();
         let apis = (
+            AuthApi {
+                service: Arc::new(AuthService::new(bridge.clone(), settings.enforce_admin_mfa)),
+            },
             MetaApi,
             HealthApi {
                 tree: tree.clone(),
@@ -102,10 +129,23 @@ impl Application {
             EventsApi {
                 ingest: events.ingest,
             },
+            ConfigApi {
+                cache: config_cache.clone(),
+                ttl: settings.config_cache.ttl,
+            },
+            PreferencesApi {
+                cache: config_cache,
+                bridge: bridge.clone(),
+            },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
-        let endpoint = crate::http::build(apis, docs, settings.trusted_proxies.clone(), max_body);
-        let endpoint = poem::EndpointExt::data_opt(endpoint, overrides.authenticator);
+        let endpoint = crate::http::build(
+            apis,
+            docs,
+            settings.trusted_proxies.clone(),
+            max_body,
+            authenticator,
+        );
 
         let acceptor = TcpListener::bind(settings.bind)
             .into_acceptor()
@@ -171,6 +211,45 @@ impl Application {
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)
+    }
+}
+
+/// The bridge's settings: `DOTNET_*` and the `CIRCUIT_*` thresholds.
+fn bridge_config(settings: &Settings) -> BridgeConfig {
+    let c = &settings.circuit;
+    BridgeConfig {
+        base_url: settings.dotnet.base_url.clone(),
+        timeout: settings.dotnet.timeout,
+        breaker: BreakerConfig {
+            failure_rate_pct: c.failure_rate_pct,
+            min_calls: c.min_calls,
+            window: c.window,
+            open_for: c.open_for,
+            half_open_probes: c.half_open_probes,
+            slow_call: settings.dotnet.slow_call,
+            slow_call_rate_pct: c.slow_call_rate_pct,
+            call_timeout: settings.dotnet.timeout,
+        },
+    }
+}
+
+/// The config cache's settings: `CONFIG_*`, fetching through the bridge, keeping its copy in
+/// the durable store.
+fn config_cache_args(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    bridge: &BridgeHandle,
+) -> ConfigCacheArgs {
+    ConfigCacheArgs {
+        source: Arc::new(BridgeConfigSource::new(bridge.clone())),
+        store: Arc::new(DbSnapshotStore::new(db.clone(), CONFIG_SNAPSHOT_NAME)),
+        freshness: Freshness {
+            ttl: settings.config_cache.ttl,
+            max_stale: settings.config_cache.max_stale,
+        },
+        // A backstop only: the bridge bounds each attempt by DOTNET_TIMEOUT_SECONDS and
+        // makes at most three, with at most 2 s of backoff between them.
+        fetch_timeout: settings.dotnet.timeout * 3 + Duration::from_secs(2),
     }
 }
 

@@ -5,6 +5,9 @@
 //! - [`settings`]: the typed, validated settings tree (CONTRACT.md section 11).
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
 //! - [`http`]: routes (one module per group), conventions middleware, problem+json.
+//! - [`auth`]: the auth flows proxied to .NET (admin MFA rule, refresh coalescing).
+//! - [`identity`]: who the caller is (JWKS verification or introspection), behind the
+//!   bearer scheme.
 //! - [`events`]: wiring of the event path's actors and the `POST /events` handle.
 //! - [`store`]: the sea-orm connection and migrations at start-up.
 //! - [`readiness`]: probes behind `/health/ready`.
@@ -17,9 +20,11 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod app;
+pub mod auth;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod identity;
 pub mod readiness;
 pub mod settings;
 pub mod store;

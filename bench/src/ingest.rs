@@ -66,6 +66,7 @@ impl Authenticator for BenchAuthenticator {
     fn authenticate<'a>(
         &'a self,
         token: &'a str,
+        _ctx: Option<&'a sidecar::http::context::RequestContext>,
     ) -> futures::future::BoxFuture<'a, Result<Caller, Problem>> {
         Box::pin(async move {
             match token.strip_prefix("bench-user:") {

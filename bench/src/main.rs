@@ -1,12 +1,21 @@
-//! Load generator and backend-ceiling benchmarks for the sidecar (see BENCHMARKS.md).
+//! Load generator and backend-ceiling benchmarks for the sidecar (see `BENCHMARKS.md`).
 //! One subcommand per benchmark; each lives in its own module.
+//!
+//! - `auth`: login + refresh through the sidecar against the same calls made directly to
+//!   the .NET emulator, with the same load loop, in the same run.
+//! - `ingest`: POST /events throughput and latency, with the raw PostgreSQL and JetStream
+//!   ceilings measured in the same run.
+//! - `startup`: start-up time to ready and idle RSS of the release binary.
+
+mod auth;
+mod ingest;
+mod load;
+mod startup;
 
 use clap::{Parser, Subcommand};
 
-mod ingest;
-
 #[derive(Parser)]
-#[command(about = "Benchmarks of the sidecar")]
+#[command(name = "bench", about = "Benchmarks of the sidecar")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,8 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Login + refresh through the sidecar vs. directly against the .NET emulator.
+    Auth(auth::AuthArgs),
     /// POST /events throughput and latency, with the raw PostgreSQL and JetStream ceilings.
     Ingest(ingest::Args),
+    /// Start-up time to ready and idle memory of the release binary.
+    Startup(startup::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Auth(args) => runtime.block_on(auth::run(args)),
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
+        Command::Startup(args) => runtime.block_on(startup::run(args)),
     }
 }

@@ -111,6 +111,18 @@ impl RequestContext {
             .ok()
             .and_then(|mut slot| slot.take())
     }
+
+    /// The headers a call to .NET made for this request carries (contract section 9):
+    /// the same request id, the same trace with a new span, the forwarded chain and the
+    /// client's user agent.
+    pub fn forward_headers(&self) -> actors::bridge::ForwardHeaders {
+        actors::bridge::ForwardHeaders {
+            request_id: Some(self.request_id.clone()),
+            traceparent: Some(self.trace.child_header()),
+            forwarded_for: self.forwarded_for.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,8 +69,8 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
             }
             match self.inner.call(req).await {
                 Ok(resp) => resp.into_response(),
-                // A handler's typed error answer (a `ProblemResponse`), which poem-openapi
-                // carries as an error holding the response: keep it as it is.
+                // A handler's `Err(ProblemResponse)`: poem-openapi wraps the response it
+                // already rendered (status, problem body, Retry-After, WWW-Authenticate).
                 Err(err) if err.is_from_response() => err.into_response(),
                 Err(err) => {
                     let problem = from_poem_error(&err);

@@ -5,18 +5,23 @@
 //! - [`problem`]: the one mapping of errors to problem+json.
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
-//! - [`events`]: `POST /events`.
-//! - [`meta`], [`health`], [`docs`]: one `#[OpenApi]` struct per route group.
+//! - [`text`]: a strict JSON string type for DTO fields.
+//! - [`meta`], [`health`], [`docs`], [`auth`], [`events`], [`config`], [`preferences`]: one
+//!   `#[OpenApi]` struct per route group.
 
+pub mod auth;
 pub mod client_ip;
+pub mod config;
 pub mod context;
 pub mod conventions;
 pub mod docs;
 pub mod events;
 pub mod health;
 pub mod meta;
+pub mod preferences;
 pub mod problem;
 pub mod security;
+pub mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use self::conventions::Conventions;
 use self::docs::RenderedDocs;
+use self::security::SharedAuthenticator;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -47,12 +53,14 @@ pub enum ApiTags {
 const DESCRIPTION: &str = include_str!("openapi_description.md");
 
 /// Builds the whole HTTP application around `apis`: the OpenAPI service, its rendered
-/// document and UI, and the conventions middleware.
+/// document and UI, the conventions middleware, and the `authenticator` that the bearer
+/// scheme of every authenticated route asks.
 pub fn build<T: OpenApi + 'static>(
     apis: T,
     docs: RenderedDocs,
     trusted_proxies: Vec<IpNet>,
     max_body_bytes: usize,
+    authenticator: SharedAuthenticator,
 ) -> impl Endpoint<Output = poem::Response> + 'static {
     let service =
         OpenApiService::new(apis, "sidecar", env!("CARGO_PKG_VERSION")).description(DESCRIPTION);
@@ -76,9 +84,12 @@ pub fn build<T: OpenApi + 'static>(
         .unwrap_or_default();
     let _ = docs.ui.set(service.swagger_ui_html());
     let _ = docs.spec.set(spec);
-    Route::new().nest("/", service).with(Conventions {
-        trusted_proxies: Arc::new(trusted_proxies),
-        routes: Arc::new(routes),
-        max_body_bytes,
-    })
+    Route::new()
+        .nest("/", service)
+        .data(authenticator)
+        .with(Conventions {
+            trusted_proxies: Arc::new(trusted_proxies),
+            routes: Arc::new(routes),
+            max_body_bytes,
+        })
 }

@@ -10,6 +10,10 @@ use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
+use actors::bridge::{UnavailableCause, UpstreamError, UpstreamResponse};
+
+use super::context::RequestContext;
+
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// An RFC 9457 problem details object, as the contract's clients read it.
@@ -121,6 +125,57 @@ impl Problem {
         Problem {
             passthrough: Some(body),
             ..Self::new(status, &code, "")
+        }
+    }
+
+    /// A call to .NET that got no usable answer (contract sections 9 and 12): 503
+    /// `upstream_unavailable` with `Retry-After` (down, 5xx, timed out, circuit open), or
+    /// 502 `upstream_error` (an answer that is not the contract).
+    pub fn from_upstream(err: &UpstreamError) -> Self {
+        match err {
+            UpstreamError::Unavailable { retry_after, cause } => {
+                let detail = match cause {
+                    UnavailableCause::CircuitOpen => {
+                        "the .NET backend is failing; calls are paused (circuit open)".to_owned()
+                    }
+                    UnavailableCause::ServerError(status) => {
+                        format!("the .NET backend answered {status}")
+                    }
+                    UnavailableCause::Connect | UnavailableCause::Interrupted => {
+                        "the .NET backend cannot be reached".to_owned()
+                    }
+                    UnavailableCause::BridgeRestarting => {
+                        "the connection to the .NET backend is restarting".to_owned()
+                    }
+                };
+                Self::upstream_unavailable(detail, *retry_after)
+            }
+            UpstreamError::Timeout => Self::upstream_unavailable(
+                "the .NET backend did not answer in time",
+                err.retry_after().unwrap_or(1),
+            ),
+            UpstreamError::BadGateway(detail) => {
+                Self::upstream_error(format!("the .NET backend answered off-contract: {detail}"))
+            }
+        }
+    }
+
+    /// .NET's 4xx answer: its problem body passed through with its status (contract
+    /// section 1), or 502 `upstream_error` when the body is not a problem object.
+    pub fn from_upstream_rejection(resp: &UpstreamResponse) -> Self {
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let is_problem = resp.body.as_object().is_some_and(|body| {
+            ["code", "title", "type"]
+                .iter()
+                .any(|k| body.get(*k).is_some_and(|v| v.is_string()))
+        });
+        if status.is_client_error() && is_problem {
+            Self::passthrough(status, resp.body.clone())
+        } else {
+            Self::upstream_error(format!(
+                "the .NET backend answered {} without a problem body",
+                resp.status
+            ))
         }
     }
 
@@ -256,6 +311,15 @@ impl From<Problem> for ProblemResponse {
     }
 }
 
+/// Answers `problem`, making sure a body passed through from .NET reaches the client
+/// verbatim (the conventions middleware adds only `requestId`).
+pub fn respond(ctx: &RequestContext, problem: Problem) -> ProblemResponse {
+    if let Some(body) = &problem.passthrough {
+        ctx.set_upstream_problem(body.clone());
+    }
+    ProblemResponse::from(problem)
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         IntoResponse::into_response(ProblemResponse::from(self))
@@ -308,7 +372,13 @@ pub fn from_poem_error(err: &poem::Error) -> Problem {
 
 /// poem's parse errors may quote the input; keep the message short and free of control
 /// characters so that nothing a client sent is echoed at length.
-fn sanitize_detail(message: &str) -> String {
+pub(crate) fn sanitize_detail(message: &str) -> String {
+    // poem-openapi's type errors quote the offending value (`..., found "hunter2".`): a
+    // password or a token sent with the wrong type must not come back or reach a log.
+    let message = match message.find(", found ") {
+        Some(at) => format!("{}, found a value of another type", &message[..at]),
+        None => message.to_owned(),
+    };
     let cleaned: String = message
         .chars()
         .filter(|c| !c.is_control())

@@ -11,6 +11,7 @@ use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::SecurityScheme;
 
+use super::context::RequestContext;
 use super::problem::Problem;
 
 /// Who is calling, as .NET's token says.
@@ -41,8 +42,14 @@ impl std::fmt::Debug for Caller {
 
 /// Judges an access token: `Ok(Caller)`, or a problem (401 `unauthorized`; 503
 /// `upstream_unavailable` when the judgement cannot be made, never a misleading 401).
+/// `ctx` is the request's context, so that a call to .NET made to judge the token
+/// (introspection, a JWKS fetch) carries the request's id and trace.
 pub trait Authenticator: Send + Sync {
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Problem>>;
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        ctx: Option<&'a RequestContext>,
+    ) -> BoxFuture<'a, Result<Caller, Problem>>;
 }
 
 /// Installed as request data by the application.
@@ -57,8 +64,9 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let Some(authenticator) = req.data::<SharedAuthenticator>() else {
         return Err(Problem::internal().into());
     };
+    let ctx = req.data::<Arc<RequestContext>>().map(|ctx| &**ctx);
     authenticator
-        .authenticate(&bearer.token)
+        .authenticate(&bearer.token, ctx)
         .await
         .map_err(poem::Error::from)
 }

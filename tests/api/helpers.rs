@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+
 use sidecar::app::{Application, ExitReason, Overrides};
 use sidecar::http::problem::Problem;
 use sidecar::http::security::{Authenticator, Caller, SharedAuthenticator};
@@ -153,6 +155,40 @@ impl TestAppBuilder {
         self
     }
 
+    /// Points the app at `dotnet` (`DOTNET_BASE_URL`).
+    pub fn dotnet(self, dotnet: &EmulatorHandle) -> Self {
+        self.env("DOTNET_BASE_URL", dotnet.base_url())
+    }
+
+    /// Local JWT verification against `dotnet`'s issuer, audience and JWKS
+    /// (`JWT_ISSUER`, `JWT_AUDIENCE`; keys from .NET's `/.well-known/jwks.json`).
+    pub fn jwt(self, dotnet: &EmulatorHandle) -> Self {
+        self.env("JWT_ISSUER", dotnet.issuer())
+            .env("JWT_AUDIENCE", dotnet.audience())
+    }
+
+    /// Local JWT verification with the emulator's default issuer and audience (keys from
+    /// the emulator's `/.well-known/jwks.json` unless `JWT_JWKS_URL` is set).
+    pub fn jwt_of_default_emulator(self) -> Self {
+        self.env("JWT_ISSUER", emulator::DEFAULT_ISSUER)
+            .env("JWT_AUDIENCE", emulator::DEFAULT_AUDIENCE)
+    }
+
+    /// Starts a fresh .NET emulator (seeded users, see `emulator/README.md`), points the
+    /// app at it and starts the app. `None` when a required service is missing outside CI.
+    pub async fn spawn_with_emulator(self) -> Option<(TestApp, EmulatorHandle)> {
+        let dotnet = Emulator::start(EmulatorConfig::default())
+            .await
+            .expect("the .NET emulator starts");
+        let builder = if self.env.contains_key("DOTNET_BASE_URL") {
+            self
+        } else {
+            self.dotnet(&dotnet)
+        };
+        let app = builder.spawn().await?;
+        Some((app, dotnet))
+    }
+
     /// Starts the app; `None` when a required service is missing outside CI.
     pub async fn spawn(self) -> Option<TestApp> {
         init_logs_once();
@@ -250,6 +286,26 @@ impl TestApp {
     /// The default app: embedded defaults, fresh database.
     pub async fn spawn() -> Option<TestApp> {
         Self::builder().spawn().await
+    }
+
+    /// The default app against a fresh .NET emulator of its own.
+    pub async fn with_emulator() -> Option<(TestApp, EmulatorHandle)> {
+        Self::builder().spawn_with_emulator().await
+    }
+
+    /// The current value of one series of `/metrics` (e.g.
+    /// `sidecar_upstream_requests_total{operation="login",outcome="failure"}`), 0 when
+    /// absent. The recorder is process-wide: tests running in parallel share it, so assert
+    /// on series no other test moves, or on lower bounds.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -488,6 +544,16 @@ impl Drop for PrivateServer {
     }
 }
 
+/// Panics if any captured log line holds one of `secrets` (tokens, passwords, OTPs).
+pub fn assert_no_secrets_logged(secrets: &[&str]) {
+    let logs = captured_logs();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if let Some(line) = logs.lines().find(|l| l.contains(secret)) {
+            panic!("a secret reached the logs: {line}");
+        }
+    }
+}
+
 /// Polls `check` until it is true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
@@ -514,6 +580,7 @@ impl Authenticator for TestAuthenticator {
     fn authenticate<'a>(
         &'a self,
         token: &'a str,
+        _ctx: Option<&'a sidecar::http::context::RequestContext>,
     ) -> futures::future::BoxFuture<'a, Result<Caller, Problem>> {
         Box::pin(async move {
             match token.strip_prefix("test-user:") {

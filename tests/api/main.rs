@@ -3,11 +3,16 @@
 
 mod helpers;
 
+mod auth;
+mod bridge;
+mod config;
 mod conventions;
 mod docs_browser;
 mod event_faults;
 mod event_support;
 mod events;
 mod health;
+mod identity;
+mod preferences;
 mod process;
 mod supervision;

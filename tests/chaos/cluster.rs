@@ -305,15 +305,19 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn random(rng: &mut impl Rng, replicas: usize) -> Fault {
-        match rng.gen_range(0..6) {
-            0 => Fault::KillReplica(rng.gen_range(0..replicas)),
-            1 => Fault::StopNats,
-            2 => Fault::StopRedis,
-            3 => Fault::StopPostgres,
-            4 => Fault::EmulatorFailing,
-            _ => Fault::EmulatorSlow,
-        }
+    /// One fault of every kind, shuffled.
+    pub fn round(rng: &mut impl Rng, replicas: usize) -> Vec<Fault> {
+        use rand::seq::SliceRandom;
+        let mut faults = vec![
+            Fault::KillReplica(rng.gen_range(0..replicas)),
+            Fault::StopNats,
+            Fault::StopRedis,
+            Fault::StopPostgres,
+            Fault::EmulatorFailing,
+            Fault::EmulatorSlow,
+        ];
+        faults.shuffle(rng);
+        faults
     }
 
     pub fn label(&self) -> &'static str {

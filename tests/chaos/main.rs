@@ -43,8 +43,13 @@ async fn chaos_nothing_accepted_is_lost_or_doubled() {
     let mut timeline = Vec::new();
     // Let the load settle before the first fault.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every kind of fault strikes once per round, in a random order.
+    let mut schedule = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
-        let fault = cluster::Fault::random(&mut rng, cluster.replicas.len());
+        if schedule.is_empty() {
+            schedule = cluster::Fault::round(&mut rng, cluster.replicas.len());
+        }
+        let fault = schedule.pop().unwrap();
         let at = started.elapsed();
         let outage = Duration::from_millis(rng.gen_range(1_000..3_000));
         println!(

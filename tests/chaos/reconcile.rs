@@ -179,12 +179,18 @@ async fn read_stream(cluster: &Cluster) -> Vec<String> {
     while ids.len() < total {
         match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
             Ok(Some(Ok(m))) => {
-                let id = m
+                // The body names the event (contract 5.4); the Msg-Id header must agree.
+                let body: serde_json::Value =
+                    serde_json::from_slice(&m.payload).unwrap_or_default();
+                let id = body["eventId"].as_str().unwrap_or_default().to_owned();
+                let header = m
                     .headers
                     .as_ref()
                     .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
+                    .map(|v| v.to_string());
+                if header.as_deref().is_some_and(|h| h != id) {
+                    panic!("Nats-Msg-Id {header:?} differs from the body's eventId {id}");
+                }
                 ids.push(id);
             }
             _ => break,
