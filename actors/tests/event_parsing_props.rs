@@ -277,7 +277,8 @@ fn arb_bad_event_id() -> impl Strategy<Value = String> {
         id.clone().prop_map(|u| u.urn().to_string()),
         id.clone().prop_map(|u| format!(" {}", u.hyphenated())),
         id.clone().prop_map(|u| format!("{}0", u.hyphenated())),
-        id.clone().prop_map(|u| u.hyphenated().to_string()[1..].to_owned()),
+        id.clone()
+            .prop_map(|u| u.hyphenated().to_string()[1..].to_owned()),
         (id.clone(), 0usize..36, "[g-zG-Z_ {}:+]").prop_map(|(u, at, c)| {
             let mut s = u.hyphenated().to_string();
             s.replace_range(at..=at, &c);
@@ -413,8 +414,14 @@ fn members_of(
     };
     let (at_text, instant) = render_stamp(instant, &stamp);
     let mut members = vec![
-        ("eventId".to_owned(), Value::String(id_text(spec.id, spec.id_case))),
-        ("eventType".to_owned(), Value::String(spec.event_type.clone())),
+        (
+            "eventId".to_owned(),
+            Value::String(id_text(spec.id, spec.id_case)),
+        ),
+        (
+            "eventType".to_owned(),
+            Value::String(spec.event_type.clone()),
+        ),
         ("occurredAt".to_owned(), Value::String(at_text)),
         ("payload".to_owned(), payload.clone()),
     ];
@@ -567,7 +574,11 @@ fn mutate(
     stamp: &Stamp,
     now: DateTime<Utc>,
     rules: &Rules,
-) -> (Result<Vec<(String, Value)>, Value>, RejectReason, Option<String>) {
+) -> (
+    Result<Vec<(String, Value)>, Value>,
+    RejectReason,
+    Option<String>,
+) {
     use RejectReason::*;
     let mut m: Vec<(String, Value)> = members.to_vec();
     let sent_id = m
@@ -633,7 +644,9 @@ fn mutate(
         Mutation::AtTooOld(ns) => {
             set(
                 "occurredAt",
-                Some(out_of_range(oldest(now, rules) - TimeDelta::nanoseconds(*ns))),
+                Some(out_of_range(
+                    oldest(now, rules) - TimeDelta::nanoseconds(*ns),
+                )),
             );
             (OccurredAtOutOfRange, sent_id)
         }
@@ -749,7 +762,13 @@ fn write_object(members: &[(String, Value)], style: &Style) -> String {
     };
     let body: Vec<String> = shuffled(members, style.shuffle)
         .iter()
-        .map(|(k, v)| format!("{}{colon}{}", write_str(k, style.escapes), write_value(v, style)))
+        .map(|(k, v)| {
+            format!(
+                "{}{colon}{}",
+                write_str(k, style.escapes),
+                write_value(v, style)
+            )
+        })
         .collect();
     if body.is_empty() {
         return "{}".to_owned();
@@ -774,7 +793,11 @@ fn write_body(events: &[String], extras: &[(String, Value)], style: &Style) -> S
         events.join(if style.spaced { ", \n" } else { "," })
     )];
     for (k, v) in extras {
-        members.push(format!("{}:{}", write_str(k, style.escapes), write_value(v, style)));
+        members.push(format!(
+            "{}:{}",
+            write_str(k, style.escapes),
+            write_value(v, style)
+        ));
     }
     format!("{{{}}}", shuffled(&members, style.shuffle).join(","))
 }
@@ -783,8 +806,11 @@ fn write_body(events: &[String], extras: &[(String, Value)], style: &Style) -> S
 fn arb_extras() -> impl Strategy<Value = Vec<(String, Value)>> {
     prop::collection::vec(
         (
-            prop_oneof![select(NEAR_MISSES.to_vec()).prop_map(str::to_owned), "\\PC{0,12}"]
-                .prop_filter("unknown", |k| !KNOWN.contains(&k.as_str())),
+            prop_oneof![
+                select(NEAR_MISSES.to_vec()).prop_map(str::to_owned),
+                "\\PC{0,12}"
+            ]
+            .prop_filter("unknown", |k| !KNOWN.contains(&k.as_str())),
             arb_json(),
         ),
         0..4,
@@ -1043,14 +1069,22 @@ struct BatchCase {
 }
 
 fn arb_batch() -> impl Strategy<Value = BatchCase> {
-    (arb_rules(), arb_now(), arb_style(), prop::collection::vec(any::<u128>(), 1..=3))
+    (
+        arb_rules(),
+        arb_now(),
+        arb_style(),
+        prop::collection::vec(any::<u128>(), 1..=3),
+    )
         .prop_flat_map(|(rules, now, style, pool)| {
             let entry = (
                 arb_spec(),
                 select(pool.clone()),
                 prop::option::weighted(0.35, arb_mutation()),
                 prop::collection::vec(
-                    (select(NEAR_MISSES.to_vec()).prop_map(str::to_owned), arb_leaf()),
+                    (
+                        select(NEAR_MISSES.to_vec()).prop_map(str::to_owned),
+                        arb_leaf(),
+                    ),
                     0..2,
                 ),
             )
@@ -1297,7 +1331,13 @@ async fn check_answers(
                     first_hash.insert(index, hash);
                     counts.0 += 1;
                 }
-                (Status::Duplicate { hash_mismatch: false }, Want::Valid(_), 1) => {
+                (
+                    Status::Duplicate {
+                        hash_mismatch: false,
+                    },
+                    Want::Valid(_),
+                    1,
+                ) => {
                     counts.1 += 1;
                 }
                 (Status::Duplicate { hash_mismatch }, Want::Repeat(first, _), _) => {

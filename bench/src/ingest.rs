@@ -57,6 +57,10 @@ pub struct Args {
     /// Run without NATS (the embedded default: events wait in the outbox).
     #[arg(long)]
     no_nats: bool,
+    /// Judge bearer tokens with a benchmark-only stub instead of verifying the .NET
+    /// emulator's JWTs (to see what JWT verification costs).
+    #[arg(long)]
+    static_auth: bool,
 }
 
 /// Benchmark-only: `bench-user:<id>` is user `<id>`.
@@ -352,7 +356,14 @@ fn body(args: &Args, pool: &Mutex<Pool>, n: u64) -> (Vec<u8>, usize) {
 
 /// Posts batches for `seconds`: closed loop when `rate` is `None`, else open loop at `rate`
 /// requests/s spread over the clients.
-async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>) -> Phase {
+async fn load(
+    base: &str,
+    args: &Args,
+    token: Option<&str>,
+    pool: Arc<Mutex<Pool>>,
+    rate: Option<f64>,
+) -> Phase {
+    let token = token.map(str::to_owned);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(30))
@@ -380,6 +391,7 @@ async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>
         );
         let url = format!("{base}/events");
         let args = args.clone();
+        let token = token.clone();
         async move {
             let mut next = Instant::now()
                 + interval
@@ -395,7 +407,11 @@ async fn load(base: &str, args: &Args, pool: Arc<Mutex<Pool>>, rate: Option<f64>
                 let sent = Instant::now();
                 let resp = client
                     .post(&url)
-                    .bearer_auth(format!("bench-user:u{}", n % 1000))
+                    .bearer_auth(
+                        token
+                            .clone()
+                            .unwrap_or_else(|| format!("bench-user:u{}", n % 1000)),
+                    )
                     .header("content-type", "application/json")
                     .body(payload)
                     .send()
@@ -502,12 +518,35 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     if let Some(nats) = nats {
         env.push(("NATS_URL".into(), nats.url.clone()));
     }
+    // The abuse controls are not what this measures.
+    for var in ["RATE_LIMIT_USER", "RATE_LIMIT_DEVICE", "RATE_LIMIT_IP"] {
+        env.push((var.into(), "10000000/s:10000000".into()));
+    }
+    // Real caller identity by default: the .NET emulator's JWTs, verified locally.
+    let mut emulator = None;
+    let token = if args.static_auth {
+        None
+    } else {
+        let handle = emulator::Emulator::start(emulator::EmulatorConfig::default()).await?;
+        env.push(("DOTNET_BASE_URL".into(), handle.base_url()));
+        env.push(("JWT_ISSUER".into(), emulator::DEFAULT_ISSUER.into()));
+        env.push(("JWT_AUDIENCE".into(), emulator::DEFAULT_AUDIENCE.into()));
+        let tokens = handle.issue_tokens("alice@example.com", "bench")?;
+        let access = tokens["access_token"]
+            .as_str()
+            .context("an access token from the emulator")?
+            .to_owned();
+        emulator = Some(handle);
+        Some(access)
+    };
     let map = env.into_iter().collect();
     let settings = Settings::from_map(&map)?;
     let app = Application::build_with(
         settings,
         Overrides {
-            authenticator: Some(Arc::new(BenchAuthenticator)),
+            authenticator: token.is_none().then(|| {
+                Arc::new(BenchAuthenticator) as sidecar::http::security::SharedAuthenticator
+            }),
             ..Default::default()
         },
     )
@@ -523,8 +562,8 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         seconds: 1,
         ..args.clone()
     };
-    let _ = load(&base, &warm, pool.clone(), None).await;
-    let peak = load(&base, args, pool.clone(), None).await;
+    let _ = load(&base, &warm, token.as_deref(), pool.clone(), None).await;
+    let peak = load(&base, args, token.as_deref(), pool.clone(), None).await;
     peak.report(&format!(
         "sidecar peak (batch {}, concurrency {}, duplicates {:.0}%)",
         args.batch,
@@ -545,7 +584,7 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     }
     if !args.no_latency_phase {
         let rate = 0.8 * peak.requests as f64 / peak.elapsed.as_secs_f64();
-        let at80 = load(&base, args, pool.clone(), Some(rate)).await;
+        let at80 = load(&base, args, token.as_deref(), pool.clone(), Some(rate)).await;
         at80.report(&format!("sidecar at 80% of peak ({rate:.0} requests/s)"));
     }
     println!(
@@ -554,5 +593,6 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    drop(emulator);
     Ok(())
 }
