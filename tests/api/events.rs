@@ -149,25 +149,28 @@ async fn accepted_events_reach_the_stream_once_and_are_counted_once() {
     let nats = PrivateServer::nats().await;
     let (stream, prefix) = unique_names();
     let redis = PrivateServer::redis().await;
-    let Some(app) = TestApp::builder()
+    // The real caller identity: JWTs issued by the .NET emulator, verified locally.
+    let Some((app, _dotnet)) = TestApp::builder()
         .store(Store::Postgres)
-        .test_auth()
+        .jwt_of_default_emulator()
         .env("NATS_URL", nats.url())
         .env("REDIS_URL", redis.url())
         .env("REDIS_KEY_PREFIX", prefix)
         .env("EVENT_STREAM", &stream)
-        .spawn()
+        .spawn_with_emulator()
         .await
     else {
         return;
     };
+    let tokens = crate::auth::tokens_of(&app, "alice@example.com").await;
+    let access = crate::auth::str_of(&tokens, "access_token").to_owned();
     let ids: Vec<String> = (0..50).map(|_| new_id()).collect();
-    let (status, first) = post_events(&app, "alice", &batch(&ids)).await;
-    assert_eq!(status, 200);
+    let (status, first) = post_events_as(&app, &access, &batch(&ids)).await;
+    assert_eq!(status, 200, "{first}");
     assert_eq!(first["accepted"], 50);
     // A retried batch adds nothing: answered duplicate (from Redis or the table).
     for _ in 0..2 {
-        let (_, again) = post_events(&app, "alice", &batch(&ids)).await;
+        let (_, again) = post_events_as(&app, &access, &batch(&ids)).await;
         assert_eq!(again["duplicates"], 50, "{again}");
     }
     assert!(wait_stream_len(&nats.url(), &stream, 50, Duration::from_secs(10)).await);
@@ -184,6 +187,19 @@ async fn accepted_events_reach_the_stream_once_and_are_counted_once() {
     );
     let ready: Value = app.get("/health/ready").await.json().await.unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
+    // Events are attributed to the token's subject, never to a body field.
+    let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    use sea_orm::{ConnectionTrait, Statement};
+    let users = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT DISTINCT user_id FROM events".to_owned(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 1);
+    let user: String = users[0].try_get_by_index(0).unwrap();
+    assert!(!user.is_empty() && !user.starts_with("test-user"), "{user}");
 }
 
 #[tokio::test]
