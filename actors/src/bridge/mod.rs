@@ -37,6 +37,8 @@ pub use request::{
     ForwardHeaders, Operation, RetryPolicy, UnavailableCause, UpstreamError, UpstreamRequest,
     UpstreamResponse,
 };
+/// The HTTP method of an [`UpstreamRequest`] (reqwest's, re-exported).
+pub use reqwest::Method;
 
 use crate::breaker::BreakerConfig;
 use crate::supervisor::{ChildSpec, Slot};
