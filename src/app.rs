@@ -18,6 +18,7 @@ use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::abuse::{AbuseControls, RateLimitProbe};
 use crate::auth::AuthService;
 use crate::http::auth::AuthApi;
 use crate::http::config::ConfigApi;
@@ -63,6 +64,7 @@ pub struct Application {
     supervisor: SupervisorHandle,
     tree: SupervisorHealth,
     db: DatabaseConnection,
+    abuse: AbuseControls,
 }
 
 impl Application {
@@ -85,11 +87,20 @@ impl Application {
         let (config_spec, config_cache) =
             actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
         let events = crate::events::build(&settings, &db).await?;
+        // The abuse controls of /events: the limiter, and the backpressure controller
+        // watching the aggregator's lag (on the event path's JetStream) and the outbox.
+        let (abuse, controller) = crate::abuse::build(
+            &settings,
+            events.jetstream.clone(),
+            Arc::new(events.backlog.clone()),
+        )
+        .await?;
 
         let mut tree_builder = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
             .child(bridge_spec)
-            .child(config_spec);
+            .child(config_spec)
+            .child(controller);
         for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
         }
@@ -108,6 +119,10 @@ impl Application {
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
         readiness.add(events.probe);
+        readiness.add(Arc::new(RateLimitProbe {
+            limiter: abuse.limiter.clone(),
+            redis_configured: settings.redis_url.is_some(),
+        }));
 
         // Who the caller is (contract 3.5), for every route with the bearer scheme.
         let authenticator = overrides
@@ -128,6 +143,7 @@ impl Application {
             DocsApi { docs: docs.clone() },
             EventsApi {
                 ingest: events.ingest,
+                abuse: abuse.clone(),
             },
             ConfigApi {
                 cache: config_cache.clone(),
@@ -164,6 +180,7 @@ impl Application {
             supervisor,
             tree,
             db,
+            abuse,
         })
     }
 
@@ -173,6 +190,11 @@ impl Application {
 
     pub fn tree(&self) -> SupervisorHealth {
         self.tree.clone()
+    }
+
+    /// The rate limiter and backpressure signal `/events` consults.
+    pub fn abuse_controls(&self) -> AbuseControls {
+        self.abuse.clone()
     }
 
     /// Serves until `shutdown` resolves (exit 0) or the tree escalates (exit non-zero).
@@ -208,6 +230,7 @@ impl Application {
         if let Err(err) = self.supervisor.shutdown(grace).await {
             tracing::warn!(error = %err, "the actor tree did not stop cleanly");
         }
+        self.abuse.limiter.close().await;
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)

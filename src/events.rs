@@ -40,6 +40,9 @@ pub struct EventPath {
     pub children: Vec<ChildSpec>,
     pub probe: Arc<dyn ReadinessProbe>,
     pub backlog: OutboxBacklog,
+    /// The event path's JetStream (`None` when `NATS_URL` is unset), which the backpressure
+    /// controller asks for consumer lag.
+    pub jetstream: Option<jetstream::Context>,
 }
 
 pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<EventPath> {
@@ -171,6 +174,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
         by_hash,
         REQUEST_TIMEOUT,
     );
+    let jetstream = nats.as_ref().map(|(_, js)| js.clone());
     let probe = Arc::new(PublishingProbe {
         nats: nats.map(|(client, _)| client),
         backlog: backlog.clone(),
@@ -180,6 +184,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
         children,
         probe,
         backlog,
+        jetstream,
     })
 }
 

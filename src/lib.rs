@@ -2,6 +2,7 @@
 //!
 //! Map of the crate:
 //! - [`app`]: `Application::build(settings)` and `run_until_stopped(shutdown)`.
+//! - [`abuse`]: the rate limiter and backpressure controller of `POST /events`.
 //! - [`settings`]: the typed, validated settings tree (CONTRACT.md section 11).
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
 //! - [`http`]: routes (one module per group), conventions middleware, problem+json.
@@ -19,6 +20,7 @@
 // for a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod abuse;
 pub mod app;
 pub mod auth;
 pub mod domain;

@@ -135,6 +135,9 @@ pub struct RateLimitSettings {
     pub user: Limit,
     pub device: Limit,
     pub ip: Limit,
+    /// How long a request waits for Redis before it is decided in memory
+    /// (`RATE_LIMIT_REDIS_TIMEOUT_MS`, ours).
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -231,13 +234,13 @@ impl Settings {
                 &["sqlite", "postgres", "postgresql"],
             )?),
             redis_url: env.optional_secret_url("REDIS_URL", &["redis", "rediss"])?,
-            redis_key_prefix: env.string("REDIS_KEY_PREFIX", "sidecar:"),
+            redis_key_prefix: env.key_prefix("REDIS_KEY_PREFIX", "sidecar:")?,
             nats_url: env.optional_secret_url("NATS_URL", &["nats", "tls"])?,
             events: EventSettings {
                 max_batch: env.positive("EVENT_MAX_BATCH", 500)?,
                 max_body_bytes: env.positive("EVENT_MAX_BODY_BYTES", 1_048_576)?,
                 max_payload_bytes: env.positive("EVENT_MAX_PAYLOAD_BYTES", 32_768)?,
-                max_age_days: env.positive("EVENT_MAX_AGE_DAYS", 30)?,
+                max_age_days: env.bounded("EVENT_MAX_AGE_DAYS", 30, 36_500)?,
                 dedupe_mode: match env.string("EVENT_DEDUPE_MODE", "eventId").as_str() {
                     "eventId" => DedupeMode::EventId,
                     "eventIdAndHash" => DedupeMode::EventIdAndHash,
@@ -272,6 +275,9 @@ impl Settings {
                     "2000/s:10000".parse().unwrap(),
                     "rate/s:burst, e.g. 2000/s:10000",
                 )?,
+                redis_timeout: Duration::from_millis(
+                    env.positive("RATE_LIMIT_REDIS_TIMEOUT_MS", 100u64)?,
+                ),
             },
             backpressure,
             trusted_proxies: env.cidrs("TRUSTED_PROXIES")?,
@@ -371,6 +377,19 @@ impl Env<'_> {
         Ok(value)
     }
 
+    /// A whole number in 1..=max (a larger one would overflow date arithmetic).
+    fn bounded(&self, name: &'static str, default: u32, max: u32) -> Result<u32, SettingsError> {
+        let value: u32 = self.positive(name, default)?;
+        if value > max {
+            return Err(self.error(
+                name,
+                &value.to_string(),
+                &format!("a whole number from 1 to {max}"),
+            ));
+        }
+        Ok(value)
+    }
+
     fn seconds(&self, name: &'static str, default: f64) -> Result<Duration, SettingsError> {
         let expected = "a number of seconds above 0";
         let secs: f64 = self.parse(name, default, expected)?;
@@ -453,6 +472,19 @@ impl Env<'_> {
         Ok(value)
     }
 
+    fn key_prefix(&self, name: &'static str, default: &str) -> Result<String, SettingsError> {
+        let value = self.string(name, default);
+        let ok = value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(self.error(
+                name,
+                &value,
+                "at most 64 printable ASCII characters without spaces",
+            ));
+        }
+        Ok(value)
+    }
+
     fn cidrs(&self, name: &'static str) -> Result<Vec<IpNet>, SettingsError> {
         self.list(name, "")
             .iter()
@@ -507,6 +539,8 @@ mod tests {
         assert_eq!(s.circuit.min_calls, 10);
         assert_eq!(s.supervisor.max_restarts, 5);
         assert_eq!(s.rate_limits.user.burst, 1000.0);
+        assert_eq!(s.rate_limits.redis_timeout, Duration::from_millis(100));
+        assert_eq!(s.redis_key_prefix, "sidecar:");
     }
 
     #[test]
@@ -523,6 +557,9 @@ mod tests {
             ("RATE_LIMIT_USER", "fast"),
             ("EVENT_DEDUPE_MODE", "hash"),
             ("EVENT_STREAM", "bad.name"),
+            ("EVENT_MAX_AGE_DAYS", "97000000"),
+            ("REDIS_KEY_PREFIX", "has space:"),
+            ("RATE_LIMIT_REDIS_TIMEOUT_MS", "0"),
             ("DOTNET_BASE_URL", "localhost:5000"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);

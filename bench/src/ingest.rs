@@ -514,6 +514,11 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
             format!("B_{}", uuid::Uuid::new_v4().simple()),
         ),
         ("APP_ENV".into(), "prod".into()),
+        // Throughput, not abuse control: every request comes from one address (the IP
+        // bucket alone would cap it at 2,000 events/s). `bench flood` measures the limits.
+        ("RATE_LIMIT_USER".into(), "10000000/s:10000000".into()),
+        ("RATE_LIMIT_DEVICE".into(), "10000000/s:10000000".into()),
+        ("RATE_LIMIT_IP".into(), "10000000/s:10000000".into()),
     ];
     if let Some(nats) = nats {
         env.push(("NATS_URL".into(), nats.url.clone()));

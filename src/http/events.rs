@@ -3,10 +3,15 @@
 //! problem. Parsing is done once, by the ingest core, into borrowed slices; the response is
 //! serialized straight from its struct (no intermediate `Value`).
 
+use std::sync::Arc;
+
 use actors::events::ingest::{BatchOutcome, EventIngest, IngestError, Status};
 use actors::events::validate::RequestError;
+use actors::rate_limiter::Verdict;
+use actors::token_bucket::Scope;
 use bytes::Bytes;
 use poem::http::StatusCode;
+use poem::web::Data;
 use poem::{IntoResponse, Request, RequestBody, Response};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
@@ -14,9 +19,11 @@ use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi,
 };
 
+use super::context::RequestContext;
 use super::problem::{Problem, ProblemResponse};
 use super::security::BearerAuth;
 use super::ApiTags;
+use crate::abuse::AbuseControls;
 
 /// How long `Retry-After` tells a client to wait when the store is down.
 const STORE_RETRY_AFTER_SECONDS: u64 = 1;
@@ -193,11 +200,22 @@ impl<T: serde::Serialize + Send> IntoResponse for SerdeJson<T> {
 pub enum PostEventsResponse {
     /// Every event judged: one result per event, in request order.
     #[oai(status = 200)]
-    Judged(SerdeJson<EventBatchResult>),
+    Judged(
+        SerdeJson<EventBatchResult>,
+        /// draft-ietf-httpapi-ratelimit-headers-09 policy of the bucket closest to
+        /// exhaustion after this request (absent when it charged nothing).
+        #[oai(header = "RateLimit-Policy")]
+        Option<String>,
+        /// draft-ietf-httpapi-ratelimit-headers-09 state of that bucket.
+        #[oai(header = "RateLimit")]
+        Option<String>,
+    ),
 }
 
 pub struct EventsApi {
     pub ingest: EventIngest,
+    /// Backpressure and rate limits, consulted before anything is stored.
+    pub abuse: AbuseControls,
 }
 
 #[OpenApi(tag = "ApiTags::Events")]
@@ -209,22 +227,71 @@ impl EventsApi {
     async fn post_events(
         &self,
         auth: BearerAuth,
+        ctx: Data<&Arc<RequestContext>>,
         body: EventBatchBody,
     ) -> Result<PostEventsResponse, ProblemResponse> {
-        match self.ingest.submit(&auth.0.user_id, &body.0).await {
-            Ok(outcome) => Ok(PostEventsResponse::Judged(SerdeJson(outcome.into()))),
-            Err(IngestError::Request(RequestError::Invalid(detail))) => {
-                Err(Problem::invalid_request(detail).into())
-            }
-            Err(IngestError::Request(err @ RequestError::BatchSize { .. })) => Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "batch_size",
-                err.to_string(),
-            )
-            .into()),
-            Err(IngestError::StoreUnavailable) => {
-                Err(Problem::store_unavailable(STORE_RETRY_AFTER_SECONDS).into())
-            }
+        // Shedding must stay cheap: refuse before reading the batch.
+        if let Some(retry_after) = self.abuse.backpressure.shedding() {
+            return Err(Problem::backpressure(retry_after).into());
         }
+        let user = auth.0.user_id.as_str();
+        let batch = self.ingest.judge(user, &body.0).map_err(problem_of)?;
+        let verdict = self
+            .abuse
+            .limiter
+            .check(
+                user,
+                ctx.client_ip,
+                &batch.device_counts(),
+                batch.valid_events(),
+            )
+            .await;
+        if !verdict.allowed {
+            return Err(Problem::rate_limited(
+                rate_limited_detail(&verdict),
+                verdict.retry_after_secs,
+                verdict.rate_limit,
+            )
+            .into());
+        }
+        let outcome = self.ingest.store(batch).await.map_err(problem_of)?;
+        let (policy, state) = verdict.rate_limit.unzip();
+        Ok(PostEventsResponse::Judged(
+            SerdeJson(outcome.into()),
+            policy,
+            state,
+        ))
+    }
+}
+
+fn problem_of(err: IngestError) -> ProblemResponse {
+    match err {
+        IngestError::Request(RequestError::Invalid(detail)) => Problem::invalid_request(detail),
+        IngestError::Request(err @ RequestError::BatchSize { .. }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_size",
+            err.to_string(),
+        ),
+        IngestError::StoreUnavailable => Problem::store_unavailable(STORE_RETRY_AFTER_SECONDS),
+    }
+    .into()
+}
+
+/// Says which limit was hit, and whether waiting can help at all.
+fn rate_limited_detail(verdict: &Verdict) -> String {
+    let names: Vec<&str> = verdict
+        .denied_scopes
+        .iter()
+        .map(|scope| match scope {
+            Scope::User => "this user's",
+            Scope::Device => "a device's",
+            Scope::Ip => "this client address's",
+        })
+        .collect();
+    let which = names.join(" and ");
+    if verdict.exceeds_burst {
+        format!("the batch holds more events than {which} limit allows at once; split it")
+    } else {
+        format!("{which} event rate limit is exhausted; retry after the advertised delay")
     }
 }

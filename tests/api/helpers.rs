@@ -197,6 +197,15 @@ impl TestAppBuilder {
             .or_insert_with(|| "127.0.0.1:0".into());
         env.entry("SHUTDOWN_GRACE_SECONDS".into())
             .or_insert_with(|| "5".into());
+        // Each app its own Redis keys unless a test shares them on purpose (replicas).
+        env.entry("REDIS_KEY_PREFIX".into())
+            .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
+        // Rate limits out of the way unless a test is about them (it sets its own): tests
+        // of the event path post far more than the contract's defaults allow one user.
+        for scope in ["RATE_LIMIT_USER", "RATE_LIMIT_DEVICE", "RATE_LIMIT_IP"] {
+            env.entry(scope.into())
+                .or_insert_with(|| "1000000/s:1000000".into());
+        }
         let tempdir = tempdir();
         let mut fresh_db = None;
         let url = match (self.database_url, self.store) {
@@ -240,6 +249,7 @@ impl TestAppBuilder {
             .expect("the application starts");
         let addr = app.local_addr();
         let tree = app.tree();
+        let abuse = app.abuse_controls();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stop_rx.await;
@@ -252,6 +262,7 @@ impl TestAppBuilder {
                 .unwrap(),
             database_url: url,
             tree,
+            abuse,
             stop: Some(stop_tx),
             server: Some(server),
             _tempdir: tempdir,
@@ -266,6 +277,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub tree: actors::supervisor::SupervisorHealth,
+    /// The app's rate limiter and backpressure signal, for tests below HTTP.
+    pub abuse: sidecar::abuse::AbuseControls,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<ExitReason>>>,
     _tempdir: TempDir,

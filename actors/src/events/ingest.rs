@@ -52,6 +52,42 @@ pub enum IngestError {
     StoreUnavailable,
 }
 
+/// A body judged for one user, not yet stored (see [`EventIngest::judge`]).
+#[derive(Debug, Clone)]
+pub struct JudgedBatch {
+    user: Arc<str>,
+    judged: Vec<Judged>,
+}
+
+impl JudgedBatch {
+    /// The valid events, in-batch repeats included: what the user's and the IP's rate-limit
+    /// buckets are charged (malformed events cost nothing, contract section 12).
+    pub fn valid_events(&self) -> u32 {
+        let valid = self
+            .judged
+            .iter()
+            .filter(|j| !matches!(j, Judged::Rejected { .. }))
+            .count();
+        u32::try_from(valid).unwrap_or(u32::MAX)
+    }
+
+    /// The valid events per `device_id` (events without one are not counted): what each
+    /// device's bucket is charged. Unordered.
+    pub fn device_counts(&self) -> Vec<(&str, u32)> {
+        let mut counts: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for j in &self.judged {
+            let device = match j {
+                Judged::Valid(e) | Judged::InBatchRepeat { event: e, .. } => e.device_id.as_deref(),
+                Judged::Rejected { .. } => None,
+            };
+            if let Some(device) = device {
+                *counts.entry(device).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct EventIngest {
     inner: Arc<Inner>,
@@ -101,8 +137,25 @@ impl EventIngest {
 
     /// Judges and stores one `POST /events` body on behalf of `user_id`.
     pub async fn submit(&self, user_id: &str, body: &[u8]) -> Result<BatchOutcome, IngestError> {
-        let mut judged = judge_batch(body, user_id, &self.inner.rules, Utc::now())?;
-        let user: Arc<str> = user_id.into();
+        let batch = self.judge(user_id, body)?;
+        self.store(batch).await
+    }
+
+    /// The first half of [`Self::submit`]: judges the body (pure; nothing stored), so the
+    /// caller can charge the rate limits with [`JudgedBatch::valid_events`] and
+    /// [`JudgedBatch::device_counts`] before anything is stored.
+    pub fn judge(&self, user_id: &str, body: &[u8]) -> Result<JudgedBatch, IngestError> {
+        let judged = judge_batch(body, user_id, &self.inner.rules, Utc::now())?;
+        Ok(JudgedBatch {
+            user: user_id.into(),
+            judged,
+        })
+    }
+
+    /// The second half of [`Self::submit`]: stores the valid events of a judged batch and
+    /// assembles the answer.
+    pub async fn store(&self, batch: JudgedBatch) -> Result<BatchOutcome, IngestError> {
+        let JudgedBatch { user, mut judged } = batch;
         let n = self.inner.shards.len();
         let mut per_shard: Vec<(Vec<EventRow>, Vec<usize>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
