@@ -279,6 +279,10 @@ pub async fn publish_round(
     let sends = async {
         for (b, batch) in round.iter().enumerate() {
             for (e, row) in batch.events.iter().enumerate() {
+                if e % 256 == 255 {
+                    // A long round must not hold a runtime worker from the HTTP requests.
+                    tokio::task::yield_now().await;
+                }
                 let publish = publish_of(row, batch.received_at);
                 match js.send_publish(subject(&row.event_type), publish).await {
                     Ok(ack) => pending.push(((b, e), ack)),
