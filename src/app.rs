@@ -8,22 +8,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::breaker::BreakerConfig;
-use actors::bridge::BridgeConfig;
-use actors::supervisor::{Supervisor, SupervisorHandle, SupervisorHealth};
+use actors::bridge::{BridgeConfig, BridgeHandle};
+use actors::config_cache::{
+    BridgeConfigSource, ConfigCacheArgs, DbSnapshotStore, Freshness, CONFIG_SNAPSHOT_NAME,
+};
+use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
 use sea_orm::DatabaseConnection;
 
+use crate::abuse::{AbuseControls, RateLimitProbe};
 use crate::auth::AuthService;
 use crate::http::auth::AuthApi;
+use crate::http::config::ConfigApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
+use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::preferences::PreferencesApi;
+use crate::http::security::SharedAuthenticator;
 use crate::identity::Identity;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
 use crate::{store, telemetry};
+
+/// Parts of the application a caller may supply instead of the ones built from settings.
+#[derive(Default)]
+pub struct Overrides {
+    /// Judges bearer tokens instead of the configured authenticator.
+    pub authenticator: Option<SharedAuthenticator>,
+    /// Extra supervised children after the service's own (tests use it to put a
+    /// misbehaving actor under the real supervisor).
+    pub extra_children: Vec<ChildSpec>,
+}
 
 /// How the service stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +64,17 @@ pub struct Application {
     supervisor: SupervisorHandle,
     tree: SupervisorHealth,
     db: DatabaseConnection,
+    abuse: AbuseControls,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    /// [`Application::build`] with parts replaced or added (what the integration tests and
+    /// the benchmark use).
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let db = store::connect(&settings)
             .await
@@ -58,10 +83,28 @@ impl Application {
         // The bridge to .NET: every call to .NET goes through it (contract section 9).
         let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings))
             .context("DOTNET_BASE_URL is not a usable URL")?;
+        // The config cache (contract 7), after the bridge it fetches through.
+        let (config_spec, config_cache) =
+            actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
+        let events = crate::events::build(&settings, &db).await?;
+        // The abuse controls of /events: the limiter, and the backpressure controller
+        // watching the aggregator's lag (on the event path's JetStream) and the outbox.
+        let (abuse, controller) = crate::abuse::build(
+            &settings,
+            events.jetstream.clone(),
+            Arc::new(events.backlog.clone()),
+        )
+        .await?;
 
-        let (supervisor, tree) = Supervisor::builder()
+        let mut tree_builder = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
             .child(bridge_spec)
+            .child(config_spec)
+            .child(controller);
+        for child in events.children.into_iter().chain(overrides.extra_children) {
+            tree_builder = tree_builder.child(child);
+        }
+        let (supervisor, tree) = tree_builder
             .start()
             .await
             .context("the supervision tree failed to start")?;
@@ -75,9 +118,16 @@ impl Application {
 
         let mut readiness = Readiness::default();
         readiness.add(Arc::new(StoreProbe { db: db.clone() }));
+        readiness.add(events.probe);
+        readiness.add(Arc::new(RateLimitProbe {
+            limiter: abuse.limiter.clone(),
+            redis_configured: settings.redis_url.is_some(),
+        }));
 
         // Who the caller is (contract 3.5), for every route with the bearer scheme.
-        let authenticator = Identity::new(settings.jwt.as_ref(), bridge.clone()).shared();
+        let authenticator = overrides
+            .authenticator
+            .unwrap_or_else(|| Identity::new(settings.jwt.as_ref(), bridge.clone()).shared());
 
         let docs = RenderedDocs::default();
         let apis = (
@@ -91,6 +141,18 @@ impl Application {
                 metrics,
             },
             DocsApi { docs: docs.clone() },
+            EventsApi {
+                ingest: events.ingest,
+                abuse: abuse.clone(),
+            },
+            ConfigApi {
+                cache: config_cache.clone(),
+                ttl: settings.config_cache.ttl,
+            },
+            PreferencesApi {
+                cache: config_cache,
+                bridge: bridge.clone(),
+            },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
         let endpoint = crate::http::build(
@@ -118,6 +180,7 @@ impl Application {
             supervisor,
             tree,
             db,
+            abuse,
         })
     }
 
@@ -127,6 +190,11 @@ impl Application {
 
     pub fn tree(&self) -> SupervisorHealth {
         self.tree.clone()
+    }
+
+    /// The rate limiter and backpressure signal `/events` consults.
+    pub fn abuse_controls(&self) -> AbuseControls {
+        self.abuse.clone()
     }
 
     /// Serves until `shutdown` resolves (exit 0) or the tree escalates (exit non-zero).
@@ -162,6 +230,7 @@ impl Application {
         if let Err(err) = self.supervisor.shutdown(grace).await {
             tracing::warn!(error = %err, "the actor tree did not stop cleanly");
         }
+        self.abuse.limiter.close().await;
         let _ = self.db.close().await;
         tracing::info!(?reason, "stopped");
         Ok(reason)
@@ -184,6 +253,26 @@ fn bridge_config(settings: &Settings) -> BridgeConfig {
             slow_call_rate_pct: c.slow_call_rate_pct,
             call_timeout: settings.dotnet.timeout,
         },
+    }
+}
+
+/// The config cache's settings: `CONFIG_*`, fetching through the bridge, keeping its copy in
+/// the durable store.
+fn config_cache_args(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    bridge: &BridgeHandle,
+) -> ConfigCacheArgs {
+    ConfigCacheArgs {
+        source: Arc::new(BridgeConfigSource::new(bridge.clone())),
+        store: Arc::new(DbSnapshotStore::new(db.clone(), CONFIG_SNAPSHOT_NAME)),
+        freshness: Freshness {
+            ttl: settings.config_cache.ttl,
+            max_stale: settings.config_cache.max_stale,
+        },
+        // A backstop only: the bridge bounds each attempt by DOTNET_TIMEOUT_SECONDS and
+        // makes at most three, with at most 2 s of backoff between them.
+        fetch_timeout: settings.dotnet.timeout * 3 + Duration::from_secs(2),
     }
 }
 

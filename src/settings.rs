@@ -69,6 +69,9 @@ pub struct Settings {
     pub jwt: Option<JwtSettings>,
     pub database_url: Secret,
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key this service writes (`REDIS_KEY_PREFIX`, ours), so that
+    /// deployments (and tests) sharing one Redis do not meet.
+    pub redis_key_prefix: String,
     pub nats_url: Option<Secret>,
     pub events: EventSettings,
     pub rate_limits: RateLimitSettings,
@@ -82,6 +85,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Run migrations at start-up (the default) or expect them applied.
     pub run_migrations: bool,
+    /// TEST-ONLY fault injection (`SIDECAR_FAILPOINT`); never set in production.
+    pub failpoint: Option<Failpoint>,
+}
+
+/// Test-only failpoints (`SIDECAR_FAILPOINT`), read once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// `crash_after_commit`: abort the process right after a dedupe shard's commit, before
+    /// any answer or publish (the crash test of the transactional outbox).
+    CrashAfterCommit,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +124,8 @@ pub struct EventSettings {
     pub stream: String,
     /// Number of DedupeShard actors (`EVENT_SHARDS`).
     pub shards: usize,
+    /// Group commits each shard may have in flight (`EVENT_SHARD_FLUSHES`, ours).
+    pub shard_flushes: usize,
     /// Durable consumer name of the aggregator (`AGGREGATOR_CONSUMER`).
     pub aggregator_consumer: String,
 }
@@ -120,6 +135,9 @@ pub struct RateLimitSettings {
     pub user: Limit,
     pub device: Limit,
     pub ip: Limit,
+    /// How long a request waits for Redis before it is decided in memory
+    /// (`RATE_LIMIT_REDIS_TIMEOUT_MS`, ours).
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -216,12 +234,13 @@ impl Settings {
                 &["sqlite", "postgres", "postgresql"],
             )?),
             redis_url: env.optional_secret_url("REDIS_URL", &["redis", "rediss"])?,
+            redis_key_prefix: env.key_prefix("REDIS_KEY_PREFIX", "sidecar:")?,
             nats_url: env.optional_secret_url("NATS_URL", &["nats", "tls"])?,
             events: EventSettings {
                 max_batch: env.positive("EVENT_MAX_BATCH", 500)?,
                 max_body_bytes: env.positive("EVENT_MAX_BODY_BYTES", 1_048_576)?,
                 max_payload_bytes: env.positive("EVENT_MAX_PAYLOAD_BYTES", 32_768)?,
-                max_age_days: env.positive("EVENT_MAX_AGE_DAYS", 30)?,
+                max_age_days: env.bounded("EVENT_MAX_AGE_DAYS", 30, 36_500)?,
                 dedupe_mode: match env.string("EVENT_DEDUPE_MODE", "eventId").as_str() {
                     "eventId" => DedupeMode::EventId,
                     "eventIdAndHash" => DedupeMode::EventIdAndHash,
@@ -237,6 +256,7 @@ impl Settings {
                 hash_bucket_seconds: env.positive("EVENT_HASH_BUCKET_SECONDS", 60)?,
                 stream: env.stream_name("EVENT_STREAM", "EVENTS")?,
                 shards: env.positive("EVENT_SHARDS", 4)?,
+                shard_flushes: env.positive("EVENT_SHARD_FLUSHES", 2)?,
                 aggregator_consumer: env.string("AGGREGATOR_CONSUMER", "aggregator"),
             },
             rate_limits: RateLimitSettings {
@@ -255,6 +275,9 @@ impl Settings {
                     "2000/s:10000".parse().unwrap(),
                     "rate/s:burst, e.g. 2000/s:10000",
                 )?,
+                redis_timeout: Duration::from_millis(
+                    env.positive("RATE_LIMIT_REDIS_TIMEOUT_MS", 100u64)?,
+                ),
             },
             backpressure,
             trusted_proxies: env.cidrs("TRUSTED_PROXIES")?,
@@ -277,6 +300,13 @@ impl Settings {
             },
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 20.0)?,
             run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
+            failpoint: match env.optional_string("SIDECAR_FAILPOINT").as_deref() {
+                None => None,
+                Some("crash_after_commit") => Some(Failpoint::CrashAfterCommit),
+                Some(other) => {
+                    return Err(env.error("SIDECAR_FAILPOINT", other, "`crash_after_commit`"))
+                }
+            },
         };
         Ok(settings)
     }
@@ -342,6 +372,19 @@ impl Env<'_> {
                 name,
                 &self.raw(name).unwrap_or_default(),
                 "a whole number above 0",
+            ));
+        }
+        Ok(value)
+    }
+
+    /// A whole number in 1..=max (a larger one would overflow date arithmetic).
+    fn bounded(&self, name: &'static str, default: u32, max: u32) -> Result<u32, SettingsError> {
+        let value: u32 = self.positive(name, default)?;
+        if value > max {
+            return Err(self.error(
+                name,
+                &value.to_string(),
+                &format!("a whole number from 1 to {max}"),
             ));
         }
         Ok(value)
@@ -429,6 +472,19 @@ impl Env<'_> {
         Ok(value)
     }
 
+    fn key_prefix(&self, name: &'static str, default: &str) -> Result<String, SettingsError> {
+        let value = self.string(name, default);
+        let ok = value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(self.error(
+                name,
+                &value,
+                "at most 64 printable ASCII characters without spaces",
+            ));
+        }
+        Ok(value)
+    }
+
     fn cidrs(&self, name: &'static str) -> Result<Vec<IpNet>, SettingsError> {
         self.list(name, "")
             .iter()
@@ -483,6 +539,8 @@ mod tests {
         assert_eq!(s.circuit.min_calls, 10);
         assert_eq!(s.supervisor.max_restarts, 5);
         assert_eq!(s.rate_limits.user.burst, 1000.0);
+        assert_eq!(s.rate_limits.redis_timeout, Duration::from_millis(100));
+        assert_eq!(s.redis_key_prefix, "sidecar:");
     }
 
     #[test]
@@ -499,6 +557,9 @@ mod tests {
             ("RATE_LIMIT_USER", "fast"),
             ("EVENT_DEDUPE_MODE", "hash"),
             ("EVENT_STREAM", "bad.name"),
+            ("EVENT_MAX_AGE_DAYS", "97000000"),
+            ("REDIS_KEY_PREFIX", "has space:"),
+            ("RATE_LIMIT_REDIS_TIMEOUT_MS", "0"),
             ("DOTNET_BASE_URL", "localhost:5000"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);

@@ -1,15 +1,21 @@
 //! Load generator and backend-ceiling benchmarks for the sidecar (see `BENCHMARKS.md`).
+//! One subcommand per benchmark; each lives in its own module.
 //!
 //! - `auth`: login + refresh through the sidecar against the same calls made directly to
 //!   the .NET emulator, with the same load loop, in the same run.
+//! - `ingest`: POST /events throughput and latency, with the raw PostgreSQL and JetStream
+//!   ceilings measured in the same run.
+//! - `startup`: start-up time to ready and idle RSS of the release binary.
 
 mod auth;
+mod ingest;
 mod load;
+mod startup;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bench", about = "Benchmarks for the sidecar")]
+#[command(name = "bench", about = "Benchmarks of the sidecar")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,11 +25,20 @@ struct Cli {
 enum Command {
     /// Login + refresh through the sidecar vs. directly against the .NET emulator.
     Auth(auth::AuthArgs),
+    /// POST /events throughput and latency, with the raw PostgreSQL and JetStream ceilings.
+    Ingest(ingest::Args),
+    /// Start-up time to ready and idle memory of the release binary.
+    Startup(startup::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Auth(args) => auth::run(args).await,
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Auth(args) => runtime.block_on(auth::run(args)),
+        Command::Ingest(args) => runtime.block_on(ingest::run(args)),
+        Command::Startup(args) => runtime.block_on(startup::run(args)),
     }
 }

@@ -7,7 +7,7 @@
 //! - every error, ours or poem's, rendered as problem+json with `requestId`;
 //! - one access log line and the HTTP metrics per request, labelled by route template.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,9 +28,10 @@ pub const CONTRACT_VERSION: &str = "1";
 pub struct Conventions {
     /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<IpNet>>,
-    /// Route templates known to the API; anything else is labelled `unmatched` so that a
-    /// scan of random paths cannot explode the metrics' cardinality.
-    pub routes: Arc<HashSet<String>>,
+    /// Route templates known to the API, each with its methods (`GET, POST`); anything
+    /// else is labelled `unmatched` so that a scan of random paths cannot explode the
+    /// metrics' cardinality.
+    pub routes: Arc<HashMap<String, String>>,
     /// The largest body any route accepts; each route may enforce a smaller one.
     pub max_body_bytes: usize,
 }
@@ -84,6 +85,17 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
         .await;
 
         let mut response = finalize(response, &ctx).await;
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110: a 405 lists the methods the route supports.
+            if let Some(allow) = self
+                .config
+                .routes
+                .get(&route)
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+        }
         let headers = response.headers_mut();
         headers.insert(
             "x-contract-version",
@@ -105,7 +117,7 @@ impl<E: Endpoint> Endpoint for ConventionsEndpoint<E> {
             route = %route,
             status,
             duration_ms = elapsed * 1000.0,
-            client_ip = ?ctx.client_ip,
+            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             "request"
         );
         Ok(response)
@@ -135,7 +147,7 @@ impl<E> ConventionsEndpoint<E> {
     }
 
     fn route_label(&self, path: &str) -> String {
-        if self.config.routes.contains(path) {
+        if self.config.routes.contains_key(path) {
             path.to_owned()
         } else {
             "unmatched".to_owned()

@@ -6,20 +6,24 @@
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
 //! - [`text`]: a strict JSON string type for DTO fields.
-//! - [`meta`], [`health`], [`docs`], [`auth`]: one `#[OpenApi]` struct per route group.
+//! - [`meta`], [`health`], [`docs`], [`auth`], [`events`], [`config`], [`preferences`]: one
+//!   `#[OpenApi]` struct per route group.
 
 pub mod auth;
 pub mod client_ip;
+pub mod config;
 pub mod context;
 pub mod conventions;
 pub mod docs;
+pub mod events;
 pub mod health;
 pub mod meta;
+pub mod preferences;
 pub mod problem;
 pub mod security;
 pub mod text;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -61,10 +65,22 @@ pub fn build<T: OpenApi + 'static>(
     let service =
         OpenApiService::new(apis, "sidecar", env!("CARGO_PKG_VERSION")).description(DESCRIPTION);
     let spec: serde_json::Value = serde_json::from_str(&service.spec()).unwrap_or_default();
-    let routes: HashSet<String> = spec
+    // Route template -> its methods, for metric labels and the `Allow` header of a 405.
+    let routes: HashMap<String, String> = spec
         .get("paths")
         .and_then(|p| p.as_object())
-        .map(|paths| paths.keys().cloned().collect())
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|(path, ops)| {
+                    let methods: Vec<String> = ops
+                        .as_object()
+                        .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    (path.clone(), methods.join(", "))
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let _ = docs.ui.set(service.swagger_ui_html());
     let _ = docs.spec.set(spec);

@@ -101,6 +101,29 @@ impl Problem {
         .retry_after(retry_after)
     }
 
+    /// 429 `backpressure`: `/events` sheds load while the consumers lag (contract 6).
+    pub fn backpressure(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "backpressure",
+            "events are arriving faster than they are processed; retry after the advertised delay",
+        )
+        .retry_after(retry_after)
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` and the `RateLimit-Policy` / `RateLimit`
+    /// fields of the bucket closest to exhaustion (contract 6 and 12).
+    pub fn rate_limited(
+        detail: impl Into<String>,
+        retry_after: u64,
+        fields: Option<(String, String)>,
+    ) -> Self {
+        let mut problem = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            .retry_after(retry_after);
+        problem.rate_limit = fields;
+        problem
+    }
+
     /// An internal error: logged with an id by the caller, answered opaquely.
     pub fn internal() -> Self {
         Self::new(

@@ -102,6 +102,11 @@ async fn unknown_route_and_wrong_method_are_problems() {
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        resp.headers()["allow"],
+        "GET",
+        "a 405 lists the allowed methods"
+    );
     assert_problem(resp, 405, "method_not_allowed").await;
 }
 

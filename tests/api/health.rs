@@ -61,3 +61,17 @@ async fn not_ready_names_the_store_when_it_is_gone() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    if !crate::helpers::require(crate::helpers::Service::Postgres) {
+        return;
+    }
+    let name = crate::helpers::create_postgres_database().await;
+    let url = crate::helpers::postgres_url(&name);
+    let start = || TestApp::builder().database_url(url.clone()).spawn();
+    let (a, b, c) = tokio::join!(start(), start(), start());
+    for app in [a.unwrap(), b.unwrap(), c.unwrap()] {
+        assert_eq!(app.get("/health/ready").await.status(), 200);
+    }
+}

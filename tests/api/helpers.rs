@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use sidecar::app::{Application, ExitReason};
+
+use sidecar::app::{Application, ExitReason, Overrides};
+use sidecar::http::problem::Problem;
+use sidecar::http::security::{Authenticator, Caller, SharedAuthenticator};
 use sidecar::settings::Settings;
 use tokio::task::JoinHandle;
 
@@ -116,8 +119,10 @@ pub enum Store {
 /// How to start a [`TestApp`].
 pub struct TestAppBuilder {
     env: HashMap<String, String>,
+    extra_children: Vec<actors::supervisor::ChildSpec>,
     store: Store,
     database_url: Option<String>,
+    test_auth: bool,
 }
 
 impl TestAppBuilder {
@@ -126,8 +131,21 @@ impl TestAppBuilder {
         self
     }
 
+    /// Puts an extra actor under the service's supervisor.
+    pub fn child(mut self, spec: actors::supervisor::ChildSpec) -> Self {
+        self.extra_children.push(spec);
+        self
+    }
+
     pub fn store(mut self, store: Store) -> Self {
         self.store = store;
+        self
+    }
+
+    /// TEST-ONLY: bearer tokens `test-user:<id>` authenticate as user `<id>` (see
+    /// [`TestAuthenticator`]); nothing in the binary can install this.
+    pub fn test_auth(mut self) -> Self {
+        self.test_auth = true;
         self
     }
 
@@ -179,6 +197,15 @@ impl TestAppBuilder {
             .or_insert_with(|| "127.0.0.1:0".into());
         env.entry("SHUTDOWN_GRACE_SECONDS".into())
             .or_insert_with(|| "5".into());
+        // Each app its own Redis keys unless a test shares them on purpose (replicas).
+        env.entry("REDIS_KEY_PREFIX".into())
+            .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
+        // Rate limits out of the way unless a test is about them (it sets its own): tests
+        // of the event path post far more than the contract's defaults allow one user.
+        for scope in ["RATE_LIMIT_USER", "RATE_LIMIT_DEVICE", "RATE_LIMIT_IP"] {
+            env.entry(scope.into())
+                .or_insert_with(|| "1000000/s:1000000".into());
+        }
         let tempdir = tempdir();
         let mut fresh_db = None;
         let url = match (self.database_url, self.store) {
@@ -211,11 +238,18 @@ impl TestAppBuilder {
         };
         env.insert("DATABASE_URL".into(), url.clone());
         let settings = Settings::from_map(&env).expect("test settings are valid");
-        let app = Application::build(settings)
+        let overrides = Overrides {
+            authenticator: self
+                .test_auth
+                .then(|| Arc::new(TestAuthenticator) as SharedAuthenticator),
+            extra_children: self.extra_children,
+        };
+        let app = Application::build_with(settings, overrides)
             .await
             .expect("the application starts");
         let addr = app.local_addr();
         let tree = app.tree();
+        let abuse = app.abuse_controls();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stop_rx.await;
@@ -228,6 +262,7 @@ impl TestAppBuilder {
                 .unwrap(),
             database_url: url,
             tree,
+            abuse,
             stop: Some(stop_tx),
             server: Some(server),
             _tempdir: tempdir,
@@ -242,6 +277,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub tree: actors::supervisor::SupervisorHealth,
+    /// The app's rate limiter and backpressure signal, for tests below HTTP.
+    pub abuse: sidecar::abuse::AbuseControls,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<ExitReason>>>,
     _tempdir: TempDir,
@@ -252,8 +289,10 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             env: HashMap::new(),
+            extra_children: Vec::new(),
             store: Store::Default,
             database_url: None,
+            test_auth: false,
         }
     }
 
@@ -543,5 +582,30 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// TEST-ONLY authenticator: `test-user:<id>` is user `<id>`; anything else is 401. Lives in
+/// the test harness only, so the binary can never accept such a token.
+pub struct TestAuthenticator;
+
+impl Authenticator for TestAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        _ctx: Option<&'a sidecar::http::context::RequestContext>,
+    ) -> futures::future::BoxFuture<'a, Result<Caller, Problem>> {
+        Box::pin(async move {
+            match token.strip_prefix("test-user:") {
+                Some(user) if !user.is_empty() => Ok(Caller {
+                    user_id: user.to_owned(),
+                    role: Some("USER".into()),
+                    session_id: None,
+                    age_group: None,
+                    token: token.to_owned(),
+                }),
+                _ => Err(Problem::unauthorized("not a test token")),
+            }
+        })
     }
 }

@@ -3,9 +3,18 @@
 
 mod helpers;
 
+mod abuse;
 mod auth;
 mod bridge;
+mod config;
 mod conventions;
+mod docs_browser;
+mod event_faults;
+mod event_limits;
+mod event_support;
+mod events;
 mod health;
 mod identity;
+mod preferences;
 mod process;
+mod supervision;

@@ -122,7 +122,7 @@ pub use slot::{CallError, Slot, Unavailable};
 pub use spec::ChildSpec;
 
 /// The counter of restarts, labelled `actor` (contract section 10).
-pub const RESTARTS_METRIC: &str = "sidecar_actor_restarts_total";
+pub const RESTARTS_METRIC: &str = crate::metric_names::ACTOR_RESTARTS_TOTAL;
 
 /// How long each child may take to stop when the tree escalates.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);

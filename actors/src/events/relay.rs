@@ -1,0 +1,427 @@
+//! `OutboxRelay`: publishes accepted events to JetStream and records, per batch, that they
+//! are published.
+//!
+//! The outbox is the `events` table plus one `outbox_batches` row per group commit (see
+//! the migration). A shard hands each committed batch to the relay in memory
+//! ([`RelayMsg::Committed`]); the relay publishes every event with `Nats-Msg-Id = eventId`,
+//! pipelined (all publishes sent, then all acks awaited), and then marks the whole batch
+//! published with one `UPDATE` — one extra row write per batch, not per event. Events that
+//! were acked are dropped from the held batch, so a retry republishes only the rest.
+//!
+//! The sweeper ([`RelayMsg::Sweep`], every second) refreshes `sidecar_outbox_pending` from
+//! the table, and publishes batches left unpublished for longer than a grace period (a
+//! crash between commit and publish, a restart, an outage longer than the relay holds in
+//! memory, another replica that died). On PostgreSQL it locks them `FOR UPDATE SKIP
+//! LOCKED`, so replicas do not sweep the same batch at once. A replay is harmless: JetStream
+//! drops a repeated `Nats-Msg-Id` within its 2-minute duplicate window, and the aggregator
+//! counts an id once, ever.
+//!
+//! NATS down: publishes fail or time out, the batches stay held (up to a bound, beyond
+//! which the table keeps them for the sweeper), and the relay retries with exponential
+//! backoff; publishing resumes by itself. No `NATS_URL`: events stay in the outbox, which
+//! the relay says once in the log (and the application in `/health/ready`).
+//!
+//! On stop, the relay makes one bounded attempt to publish what it holds.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::store::{CommittedBatch, EventStore};
+use super::stream::{ensure_stream, publish_of, subject};
+use crate::metric_names::OUTBOX_PENDING;
+
+pub enum RelayMsg {
+    /// A batch a shard has just committed: publish it.
+    Committed(CommittedBatch),
+    /// Publish what is held (the relay sends this to itself).
+    Flush,
+    /// Refresh the backlog gauge and publish batches left behind in the table (every
+    /// `sweep_interval`, the relay sends this to itself).
+    Sweep,
+}
+
+/// The outbox backlog (accepted, not yet published), shared with whoever needs it (the
+/// backpressure controller, readiness). Refreshed from the table every sweep.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxBacklog(Arc<AtomicI64>);
+
+impl OutboxBacklog {
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+        metrics::gauge!(OUTBOX_PENDING).set(value as f64);
+    }
+}
+
+#[derive(Clone)]
+pub struct RelayArgs {
+    pub store: EventStore,
+    /// `None` when `NATS_URL` is unset: publishing is off.
+    pub jetstream: Option<jetstream::Context>,
+    pub stream: String,
+    pub max_age_days: u32,
+    pub backlog: OutboxBacklog,
+    pub sweep_interval: Duration,
+    /// A batch unpublished for longer than this is the sweeper's.
+    pub sweep_grace: Duration,
+    /// Bound of one round of publishes (and of each database call).
+    pub publish_timeout: Duration,
+    /// Most events held in memory; beyond it, batches wait in the table for the sweeper.
+    pub max_held_events: usize,
+}
+
+#[derive(Clone)]
+pub struct OutboxRelay;
+
+pub struct RelayState {
+    args: RelayArgs,
+    held: VecDeque<CommittedBatch>,
+    held_events: usize,
+    flush_scheduled: bool,
+    /// Consecutive failed rounds (drives the backoff); 0 when publishing works.
+    failures: u32,
+    stream_ready: bool,
+}
+
+/// Events published per round at most (bounds one round's time and memory).
+const ROUND_EVENTS: usize = 20_000;
+
+impl Actor for OutboxRelay {
+    type Msg = RelayMsg;
+    type State = RelayState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        args: RelayArgs,
+    ) -> Result<RelayState, ActorProcessingErr> {
+        if args.jetstream.is_none() {
+            tracing::warn!(
+                "publishing is off: NATS_URL is unset; accepted events wait in the outbox"
+            );
+        }
+        // The first sweep runs at once: it picks up whatever a previous run left behind.
+        myself.cast(RelayMsg::Sweep)?;
+        Ok(RelayState {
+            args,
+            held: VecDeque::new(),
+            held_events: 0,
+            flush_scheduled: false,
+            failures: 0,
+            stream_ready: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        msg: RelayMsg,
+        state: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RelayMsg::Committed(batch) => {
+                if state.args.jetstream.is_none() {
+                    return Ok(());
+                }
+                if state.held_events + batch.events.len() > state.args.max_held_events {
+                    // The table has it; the sweeper will publish it once NATS keeps up.
+                    return Ok(());
+                }
+                state.held_events += batch.events.len();
+                state.held.push_back(batch);
+                if !state.flush_scheduled && state.failures == 0 {
+                    state.flush_scheduled = true;
+                    myself.cast(RelayMsg::Flush)?;
+                }
+            }
+            RelayMsg::Flush => {
+                state.flush_scheduled = false;
+                publish_held(state).await;
+                if state.failures > 0 {
+                    schedule_retry(&myself, state);
+                } else if !state.held.is_empty() {
+                    state.flush_scheduled = true;
+                    myself.cast(RelayMsg::Flush)?;
+                }
+            }
+            RelayMsg::Sweep => {
+                sweep(state).await;
+                let next = state.args.sweep_interval;
+                myself.send_after(next, || RelayMsg::Sweep);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RelayMsg>,
+        state: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.args.jetstream.is_some() && !state.held.is_empty() {
+            let held = state.held_events;
+            publish_held(state).await;
+            tracing::info!(
+                events = held - state.held_events,
+                left_in_outbox = state.held_events,
+                "outbox relay flushed on stop"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn schedule_retry(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
+    if state.flush_scheduled {
+        return;
+    }
+    let exp = state.failures.saturating_sub(1).min(6);
+    let delay = Duration::from_millis(100 << exp).min(Duration::from_secs(5));
+    state.flush_scheduled = true;
+    myself.send_after(delay, || RelayMsg::Flush);
+}
+
+/// One round: publish (up to `ROUND_EVENTS` of) what is held, pipelined, then mark the
+/// completed batches published.
+async fn publish_held(state: &mut RelayState) {
+    let Some(js) = state.args.jetstream.clone() else {
+        return;
+    };
+    if !state.stream_ready {
+        match tokio::time::timeout(
+            state.args.publish_timeout,
+            ensure_stream(&js, &state.args.stream, state.args.max_age_days),
+        )
+        .await
+        {
+            Ok(Ok(())) => state.stream_ready = true,
+            Ok(Err(err)) => {
+                note_failure(state, &err.to_string());
+                return;
+            }
+            Err(_) => {
+                note_failure(state, "timed out ensuring the stream");
+                return;
+            }
+        }
+    }
+    let mut round: Vec<CommittedBatch> = Vec::new();
+    let mut events = 0;
+    while let Some(b) = state.held.front() {
+        if !round.is_empty() && events + b.events.len() > ROUND_EVENTS {
+            break;
+        }
+        events += b.events.len();
+        round.extend(state.held.pop_front());
+    }
+    state.held_events -= events;
+    let (done, rest, error) = publish_round(&js, round, state.args.publish_timeout).await;
+    let done_ids: Vec<i64> = done.iter().map(|b| b.batch_id).collect();
+    if !done_ids.is_empty() {
+        let store = state.args.store.clone();
+        let timeout = state.args.publish_timeout;
+        // Marking is off the publishing path: if it fails, the sweeper republishes later
+        // (harmless) and marks then.
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, store.mark_published(&done_ids)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "could not mark batches published"),
+                Err(_) => tracing::warn!("marking batches published timed out"),
+            }
+        });
+    }
+    for b in rest.into_iter().rev() {
+        state.held_events += b.events.len();
+        state.held.push_front(b);
+    }
+    match error {
+        Some(err) => note_failure(state, &err),
+        None => {
+            if state.failures > 0 {
+                tracing::info!("publishing to JetStream resumed");
+            }
+            state.failures = 0;
+        }
+    }
+}
+
+fn note_failure(state: &mut RelayState, error: &str) {
+    if state.failures == 0 {
+        tracing::warn!(
+            error,
+            "publishing to JetStream failed; retrying with backoff"
+        );
+    }
+    state.failures = state.failures.saturating_add(1);
+    // A stream deleted behind our back is recreated on the next round.
+    state.stream_ready = false;
+}
+
+/// Publishes every event of `round` (all sends first, then all acks). Returns the batches
+/// fully acknowledged, the rest (with only their unacknowledged events), and the first
+/// error.
+pub async fn publish_round(
+    js: &jetstream::Context,
+    round: Vec<CommittedBatch>,
+    timeout: Duration,
+) -> (Vec<CommittedBatch>, Vec<CommittedBatch>, Option<String>) {
+    let mut error: Option<String> = None;
+    let mut pending = Vec::new();
+    let sends = async {
+        for (b, batch) in round.iter().enumerate() {
+            for (e, row) in batch.events.iter().enumerate() {
+                if e % 256 == 255 {
+                    // A long round must not hold a runtime worker from the HTTP requests.
+                    tokio::task::yield_now().await;
+                }
+                let publish = publish_of(row, batch.received_at);
+                match js.send_publish(subject(&row.event_type), publish).await {
+                    Ok(ack) => pending.push(((b, e), ack)),
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, sends).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => error = Some(err),
+        Err(_) => error = Some("timed out sending publishes".to_owned()),
+    }
+    let mut acked: HashSet<(usize, usize)> = HashSet::with_capacity(pending.len());
+    let (positions, acks): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+    // Each ack future is bounded by the JetStream context's own timeout (no timer of ours
+    // per message: the profile showed them).
+    let acks =
+        futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+    for (at, result) in positions.into_iter().zip(acks) {
+        match result {
+            Ok(_) => {
+                acked.insert(at);
+            }
+            Err(err) => {
+                error.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let mut rest = Vec::new();
+    for (b, mut batch) in round.into_iter().enumerate() {
+        let mut e = 0;
+        batch.events.retain(|_| {
+            let keep = !acked.contains(&(b, e));
+            e += 1;
+            keep
+        });
+        if batch.events.is_empty() {
+            done.push(batch);
+        } else {
+            rest.push(batch);
+        }
+    }
+    (done, rest, error)
+}
+
+/// Refreshes the backlog gauge; publishes batches the table holds past the grace period.
+async fn sweep(state: &mut RelayState) {
+    let store = state.args.store.clone();
+    let timeout = state.args.publish_timeout;
+    match tokio::time::timeout(timeout, store.pending_count()).await {
+        Ok(Ok(n)) => state.args.backlog.set(n),
+        Ok(Err(err)) => tracing::debug!(error = %err, "outbox backlog query failed"),
+        Err(_) => tracing::debug!("outbox backlog query timed out"),
+    }
+    let Some(js) = state.args.jetstream.clone() else {
+        return;
+    };
+    // While NATS fails, the retry loop of held batches is the probe; do not pile on.
+    if state.failures > 0 || state.args.backlog.get() == 0 {
+        return;
+    }
+    if !state.stream_ready {
+        match tokio::time::timeout(
+            timeout,
+            ensure_stream(&js, &state.args.stream, state.args.max_age_days),
+        )
+        .await
+        {
+            Ok(Ok(())) => state.stream_ready = true,
+            _ => return,
+        }
+    }
+    let held: Vec<i64> = state.held.iter().map(|b| b.batch_id).collect();
+    let older_than = Utc::now()
+        - chrono::Duration::from_std(state.args.sweep_grace).unwrap_or(chrono::Duration::zero());
+    let mut swept = 0usize;
+    // A few rounds per sweep, each one bounded; the next sweep continues.
+    for _ in 0..10 {
+        let found =
+            tokio::time::timeout(timeout, store.unpublished_batches(older_than, 50, &held)).await;
+        let (tx, batches) = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "outbox sweep query failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        if batches.is_empty() {
+            break;
+        }
+        let count = batches.len();
+        let (done, _rest, error) = publish_round(&js, batches, timeout).await;
+        let ids: Vec<i64> = done.iter().map(|b| b.batch_id).collect();
+        swept += done.len();
+        let marked = async {
+            // Inside the locking transaction on PostgreSQL, so the lock covers the mark.
+            match tx {
+                Some(mut tx) => {
+                    if !ids.is_empty() {
+                        sea_orm::sqlx::query(
+                            "UPDATE outbox_batches SET published_at = $1 \
+                             WHERE batch_id = ANY($2::bigint[])",
+                        )
+                        .bind(Utc::now())
+                        .bind(&ids)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await
+                }
+                None => store
+                    .mark_published(&ids)
+                    .await
+                    .map_err(|e| sea_orm::sqlx::Error::Protocol(e.to_string())),
+            }
+        };
+        if let Ok(Err(err)) | Err(err) = tokio::time::timeout(timeout, marked)
+            .await
+            .map_err(|_| sea_orm::sqlx::Error::PoolTimedOut)
+        {
+            tracing::warn!(error = %err, "marking swept batches failed");
+            return;
+        }
+        if let Some(err) = error {
+            note_failure(state, &err);
+            return;
+        }
+        if count < 50 {
+            break;
+        }
+    }
+    if swept > 0 {
+        tracing::info!(
+            batches = swept,
+            "outbox sweeper published batches left behind"
+        );
+    }
+}
