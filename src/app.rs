@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::breaker::BreakerConfig;
-use actors::bridge::BridgeConfig;
+use actors::bridge::{BridgeConfig, BridgeHandle};
+use actors::config_cache::{
+    BridgeConfigSource, ConfigCacheArgs, DbSnapshotStore, Freshness, CONFIG_SNAPSHOT_NAME,
+};
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
@@ -18,10 +21,12 @@ use sea_orm::DatabaseConnection;
 use crate::abuse::{AbuseControls, RateLimitProbe};
 use crate::auth::AuthService;
 use crate::http::auth::AuthApi;
+use crate::http::config::ConfigApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
 use crate::http::events::EventsApi;
 use crate::http::health::HealthApi;
 use crate::http::meta::MetaApi;
+use crate::http::preferences::PreferencesApi;
 use crate::http::security::SharedAuthenticator;
 use crate::identity::Identity;
 use crate::readiness::Readiness;
@@ -76,7 +81,11 @@ impl Application {
             .context("the durable store (DATABASE_URL) is unreachable")?;
 
         // The bridge to .NET: every call to .NET goes through it (contract section 9).
-        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings));
+        let (bridge_spec, bridge) = actors::bridge::child_spec(bridge_config(&settings))
+            .context("DOTNET_BASE_URL is not a usable URL")?;
+        // The config cache (contract 7), after the bridge it fetches through.
+        let (config_spec, config_cache) =
+            actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
         let events = crate::events::build(&settings, &db).await?;
         // The abuse controls of /events: the limiter, and the backpressure controller
         // watching the aggregator's lag (on the event path's JetStream) and the outbox.
@@ -90,6 +99,7 @@ impl Application {
         let mut tree_builder = Supervisor::builder()
             .intensity(settings.supervisor.max_restarts, settings.supervisor.window)
             .child(bridge_spec)
+            .child(config_spec)
             .child(controller);
         for child in events.children.into_iter().chain(overrides.extra_children) {
             tree_builder = tree_builder.child(child);
@@ -134,6 +144,14 @@ impl Application {
             EventsApi {
                 ingest: events.ingest,
                 abuse: abuse.clone(),
+            },
+            ConfigApi {
+                cache: config_cache.clone(),
+                ttl: settings.config_cache.ttl,
+            },
+            PreferencesApi {
+                cache: config_cache,
+                bridge: bridge.clone(),
             },
         );
         let max_body = settings.events.max_body_bytes.max(64 * 1024);
@@ -235,6 +253,26 @@ fn bridge_config(settings: &Settings) -> BridgeConfig {
             slow_call_rate_pct: c.slow_call_rate_pct,
             call_timeout: settings.dotnet.timeout,
         },
+    }
+}
+
+/// The config cache's settings: `CONFIG_*`, fetching through the bridge, keeping its copy in
+/// the durable store.
+fn config_cache_args(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    bridge: &BridgeHandle,
+) -> ConfigCacheArgs {
+    ConfigCacheArgs {
+        source: Arc::new(BridgeConfigSource::new(bridge.clone())),
+        store: Arc::new(DbSnapshotStore::new(db.clone(), CONFIG_SNAPSHOT_NAME)),
+        freshness: Freshness {
+            ttl: settings.config_cache.ttl,
+            max_stale: settings.config_cache.max_stale,
+        },
+        // A backstop only: the bridge bounds each attempt by DOTNET_TIMEOUT_SECONDS and
+        // makes at most three, with at most 2 s of backoff between them.
+        fetch_timeout: settings.dotnet.timeout * 3 + Duration::from_secs(2),
     }
 }
 

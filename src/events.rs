@@ -155,6 +155,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
                 cache: cache.clone(),
                 hash_window: by_hash.then_some(ev.hash_window),
                 max_group_rows: MAX_GROUP_ROWS,
+                max_in_flight: ev.shard_flushes,
                 statement_timeout: STATEMENT_TIMEOUT,
                 crash_after_commit: settings.failpoint == Some(Failpoint::CrashAfterCommit),
             },

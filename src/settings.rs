@@ -124,6 +124,8 @@ pub struct EventSettings {
     pub stream: String,
     /// Number of DedupeShard actors (`EVENT_SHARDS`).
     pub shards: usize,
+    /// Group commits each shard may have in flight (`EVENT_SHARD_FLUSHES`, ours).
+    pub shard_flushes: usize,
     /// Durable consumer name of the aggregator (`AGGREGATOR_CONSUMER`).
     pub aggregator_consumer: String,
 }
@@ -238,7 +240,7 @@ impl Settings {
                 max_batch: env.positive("EVENT_MAX_BATCH", 500)?,
                 max_body_bytes: env.positive("EVENT_MAX_BODY_BYTES", 1_048_576)?,
                 max_payload_bytes: env.positive("EVENT_MAX_PAYLOAD_BYTES", 32_768)?,
-                max_age_days: env.positive("EVENT_MAX_AGE_DAYS", 30)?,
+                max_age_days: env.bounded("EVENT_MAX_AGE_DAYS", 30, 36_500)?,
                 dedupe_mode: match env.string("EVENT_DEDUPE_MODE", "eventId").as_str() {
                     "eventId" => DedupeMode::EventId,
                     "eventIdAndHash" => DedupeMode::EventIdAndHash,
@@ -254,6 +256,7 @@ impl Settings {
                 hash_bucket_seconds: env.positive("EVENT_HASH_BUCKET_SECONDS", 60)?,
                 stream: env.stream_name("EVENT_STREAM", "EVENTS")?,
                 shards: env.positive("EVENT_SHARDS", 4)?,
+                shard_flushes: env.positive("EVENT_SHARD_FLUSHES", 2)?,
                 aggregator_consumer: env.string("AGGREGATOR_CONSUMER", "aggregator"),
             },
             rate_limits: RateLimitSettings {
@@ -369,6 +372,19 @@ impl Env<'_> {
                 name,
                 &self.raw(name).unwrap_or_default(),
                 "a whole number above 0",
+            ));
+        }
+        Ok(value)
+    }
+
+    /// A whole number in 1..=max (a larger one would overflow date arithmetic).
+    fn bounded(&self, name: &'static str, default: u32, max: u32) -> Result<u32, SettingsError> {
+        let value: u32 = self.positive(name, default)?;
+        if value > max {
+            return Err(self.error(
+                name,
+                &value.to_string(),
+                &format!("a whole number from 1 to {max}"),
             ));
         }
         Ok(value)
@@ -541,6 +557,7 @@ mod tests {
             ("RATE_LIMIT_USER", "fast"),
             ("EVENT_DEDUPE_MODE", "hash"),
             ("EVENT_STREAM", "bad.name"),
+            ("EVENT_MAX_AGE_DAYS", "97000000"),
             ("REDIS_KEY_PREFIX", "has space:"),
             ("RATE_LIMIT_REDIS_TIMEOUT_MS", "0"),
             ("DOTNET_BASE_URL", "localhost:5000"),

@@ -19,7 +19,10 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
         .acquire_timeout(Duration::from_secs(5))
         // SQLite serialises writers anyway; a few connections serve readers.
         .max_connections(if sqlite { 4 } else { 32 })
-        .min_connections(1)
+        .min_connections(if sqlite { 1 } else { 4 })
+        // A ping before every statement is a round trip on the hot path (it showed in the
+        // ingest profile); a broken connection fails its statement and is discarded.
+        .test_before_acquire(false)
         // WAL lets readers run beside the single writer; busy_timeout (set on every pooled
         // connection) waits instead of failing when two writers meet.
         .map_sqlx_sqlite_opts(|opts| {

@@ -18,6 +18,8 @@
 //!   [`bridge::BridgeHandle`], through which every call to .NET goes.
 //! - [`single_flight`]: identical concurrent requests sharing one execution (refresh
 //!   coalescing, JWKS and introspection fetches).
+//! - [`config_cache`]: the `ConfigCache` actor (TTL, single-flight refresh, stale-if-error,
+//!   the copy kept in the durable store) and its typed handle.
 //!
 //! Pure logic is plain functions and small structs with unit tests beside them; actors own
 //! I/O and state, and each exposes a small cloneable typed handle.
@@ -26,6 +28,7 @@ pub mod backpressure;
 pub mod breaker;
 pub mod bridge;
 pub mod canonical;
+pub mod config_cache;
 pub mod events;
 pub mod merge;
 pub mod metric_names;

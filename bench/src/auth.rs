@@ -1,11 +1,11 @@
-//! `bench auth`: login + refresh through the sidecar against the same two calls made
-//! directly to the .NET emulator, with the same load loop, in the same process and run.
+//! `bench auth`: auth calls through the sidecar against the same calls made directly to the
+//! .NET emulator, with the same load loop, in the same process and run.
 //!
 //! Both the emulator and the sidecar run in-process (the sidecar as `Application::build`
-//! exactly as the binary builds it, SQLite store, JSON logs formatted and discarded), unless
-//! `--dotnet-url` names an emulator running elsewhere. Each round measures, in order:
-//! direct at concurrency 1, sidecar at 1, direct at `--concurrency`, sidecar at it; the
-//! figures merge the rounds.
+//! builds it for the binary, SQLite store, JSON logs formatted and discarded), unless
+//! `--dotnet-url` names an emulator running elsewhere. For each workload, each round
+//! measures in order: direct at concurrency 1, sidecar at 1, direct at `--concurrency`,
+//! sidecar at it; the figures merge the rounds.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::load::{self, Recorder, RunResult};
+use crate::load::{self, Recorder, RunResult, Samples};
 
 #[derive(Args)]
 pub struct AuthArgs {
@@ -35,6 +35,29 @@ pub struct AuthArgs {
     /// The user that logs in (must not need MFA).
     #[arg(long, default_value = "alice@example.com")]
     email: String,
+    /// Workloads to run.
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Workload::LoginRefresh, Workload::RejectedVerify])]
+    workload: Vec<Workload>,
+}
+
+/// What each iteration of the load loop does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// One login, then one refresh with the pair it returned (the contract's target).
+    LoginRefresh,
+    /// One MFA verify of an unknown challenge: .NET answers 401 at once (no token to sign),
+    /// the sidecar checks bounds, calls .NET and passes the problem through: the proxy's
+    /// own cost, with a cheap upstream.
+    RejectedVerify,
+}
+
+impl Workload {
+    fn title(self) -> &'static str {
+        match self {
+            Workload::LoginRefresh => "login + refresh",
+            Workload::RejectedVerify => "rejected MFA verify (a cheap .NET call)",
+        }
+    }
 }
 
 /// One login, then one refresh with the pair it returned.
@@ -77,19 +100,49 @@ async fn login_and_refresh(client: reqwest::Client, base: String, email: String)
     rec
 }
 
-async fn measure(base: &str, email: &str, concurrency: usize, args: &AuthArgs) -> RunResult {
-    let (base, email) = (base.to_owned(), email.to_owned());
-    load::run(
-        concurrency,
-        Duration::from_secs_f64(args.warmup),
-        Duration::from_secs_f64(args.duration),
-        move |client| login_and_refresh(client, base.clone(), email.clone()),
-    )
-    .await
+/// One MFA verify of a challenge that does not exist (401 `challenge_expired`).
+async fn rejected_verify(client: reqwest::Client, base: String) -> Recorder {
+    let mut rec = Recorder::default();
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{base}/auth/mfa/verify"))
+        .json(&json!({"challenge_id": "no-such-challenge", "otp_code": "123456"}))
+        .send()
+        .await;
+    let ok = match resp {
+        Ok(resp) if resp.status() == 401 => resp.bytes().await.is_ok(),
+        _ => false,
+    };
+    rec.record("verify", started.elapsed());
+    if !ok {
+        rec.errors += 1;
+    }
+    rec
+}
+
+async fn measure(workload: Workload, base: &str, concurrency: usize, args: &AuthArgs) -> RunResult {
+    let (base, email) = (base.to_owned(), args.email.clone());
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    match workload {
+        Workload::LoginRefresh => {
+            load::run(concurrency, warmup, duration, move |client| {
+                login_and_refresh(client, base.clone(), email.clone())
+            })
+            .await
+        }
+        Workload::RejectedVerify => {
+            load::run(concurrency, warmup, duration, move |client| {
+                rejected_verify(client, base.clone())
+            })
+            .await
+        }
+    }
 }
 
 pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
-    // The sidecar's JSON logs are formatted as in production, then discarded.
+    // The sidecar's (and the emulator's) JSON logs are formatted as in production, then
+    // discarded.
     sidecar::telemetry::init_logs(sidecar::settings::AppEnv::Prod, std::io::sink);
     let _emulator;
     let dotnet_url = match &args.dotnet_url {
@@ -123,33 +176,34 @@ pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
     tokio::spawn(app.run_until_stopped(std::future::pending()));
 
     let cn = args.concurrency;
-    let mut direct_1 = Vec::new();
-    let mut sidecar_1 = Vec::new();
-    let mut direct_n = Vec::new();
-    let mut sidecar_n = Vec::new();
-    for round in 1..=args.rounds {
-        eprintln!("round {round}/{}", args.rounds);
-        direct_1.push(measure(&dotnet_url, &args.email, 1, &args).await);
-        sidecar_1.push(measure(&sidecar_url, &args.email, 1, &args).await);
-        direct_n.push(measure(&dotnet_url, &args.email, cn, &args).await);
-        sidecar_n.push(measure(&sidecar_url, &args.email, cn, &args).await);
-        let (d, s) = (
-            direct_n.last().unwrap().throughput(),
-            sidecar_n.last().unwrap().throughput(),
-        );
-        eprintln!(
-            "  c{cn}: direct {d:.0} req/s, sidecar {s:.0} req/s ({:.0}%)",
-            100.0 * s / d
-        );
+    for &workload in &args.workload {
+        let mut runs: [Vec<RunResult>; 4] = Default::default();
+        for round in 1..=args.rounds {
+            eprintln!("{}: round {round}/{}", workload.title(), args.rounds);
+            runs[0].push(measure(workload, &dotnet_url, 1, &args).await);
+            runs[1].push(measure(workload, &sidecar_url, 1, &args).await);
+            runs[2].push(measure(workload, &dotnet_url, cn, &args).await);
+            runs[3].push(measure(workload, &sidecar_url, cn, &args).await);
+            let (d, s) = (
+                runs[2].last().map_or(0.0, RunResult::throughput),
+                runs[3].last().map_or(0.0, RunResult::throughput),
+            );
+            eprintln!(
+                "  c{cn}: direct {d:.0} req/s, sidecar {s:.0} req/s ({:.0}%)",
+                100.0 * s / d
+            );
+        }
+        println!("### {}\n", workload.title());
+        report(cn, &runs);
+        println!();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    report(cn, &direct_1, &sidecar_1, &direct_n, &sidecar_n);
     Ok(())
 }
 
 /// Merges the rounds of one configuration.
 fn merge(runs: &[RunResult]) -> RunResult {
-    let mut samples: Vec<(String, load::Samples)> = Vec::new();
+    let mut samples: Vec<(String, Samples)> = Vec::new();
     let mut errors = 0;
     let mut elapsed = Duration::ZERO;
     for r in runs {
@@ -169,38 +223,43 @@ fn merge(runs: &[RunResult]) -> RunResult {
     }
 }
 
-fn kind<'a>(r: &'a RunResult, name: &str) -> &'a load::Samples {
-    static EMPTY: std::sync::OnceLock<load::Samples> = std::sync::OnceLock::new();
+fn kind(r: &RunResult, name: &str) -> Samples {
     r.samples
         .iter()
         .find(|(k, _)| k == name)
-        .map(|(_, s)| s)
-        .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default()
 }
 
-fn report(
-    cn: usize,
-    direct_1: &[RunResult],
-    sidecar_1: &[RunResult],
-    direct_n: &[RunResult],
-    sidecar_n: &[RunResult],
-) {
+/// A Markdown table and the two figures the targets are about.
+fn report(cn: usize, runs: &[Vec<RunResult>; 4]) {
     let rows = [
-        ("emulator direct", 1, merge(direct_1)),
-        ("through sidecar", 1, merge(sidecar_1)),
-        ("emulator direct", cn, merge(direct_n)),
-        ("through sidecar", cn, merge(sidecar_n)),
+        ("emulator direct", 1, merge(&runs[0])),
+        ("through sidecar", 1, merge(&runs[1])),
+        ("emulator direct", cn, merge(&runs[2])),
+        ("through sidecar", cn, merge(&runs[3])),
     ];
-    println!("| target | concurrency | login p50 | login p99 | refresh p50 | refresh p99 | requests/s | requests | errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let kinds: Vec<String> = rows[0].2.samples.iter().map(|(k, _)| k.clone()).collect();
+    let mut header = String::from("| target | concurrency |");
+    let mut rule = String::from("| --- | ---: |");
+    for k in &kinds {
+        header.push_str(&format!(" {k} p50 | {k} p99 |"));
+        rule.push_str(" ---: | ---: |");
+    }
+    println!("{header} requests/s | requests | errors |");
+    println!("{rule} ---: | ---: | ---: |");
     for (name, c, r) in &rows {
-        let (l, f) = (kind(r, "login"), kind(r, "refresh"));
+        let mut line = format!("| {name} | {c} |");
+        for k in &kinds {
+            let s = kind(r, k);
+            line.push_str(&format!(
+                " {:.3} ms | {:.3} ms |",
+                s.quantile_ms(0.5),
+                s.quantile_ms(0.99)
+            ));
+        }
         println!(
-            "| {name} | {c} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} | {} | {} |",
-            l.quantile_ms(0.5),
-            l.quantile_ms(0.99),
-            f.quantile_ms(0.5),
-            f.quantile_ms(0.99),
+            "{line} {:.0} | {} | {} |",
             r.throughput(),
             r.requests(),
             r.errors
@@ -209,18 +268,20 @@ fn report(
     let added =
         |k: &str| kind(&rows[1].2, k).quantile_ms(0.5) - kind(&rows[0].2, k).quantile_ms(0.5);
     let all_added = rows[1].2.all().quantile_ms(0.5) - rows[0].2.all().quantile_ms(0.5);
-    let ratio = rows[3].2.throughput() / rows[2].2.throughput();
+    let per_kind: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{k} {:+.3} ms", added(k)))
+        .collect();
     println!();
     println!(
-        "- added at p50, concurrency 1: login {:+.3} ms, refresh {:+.3} ms, all requests {:+.3} ms (target ≤ 0.5 ms)",
-        added("login"),
-        added("refresh"),
+        "- added at p50, concurrency 1: {}; all requests {:+.3} ms (target ≤ 0.5 ms)",
+        per_kind.join(", "),
         all_added
     );
     println!(
         "- throughput at concurrency {cn}: {:.0} req/s through the sidecar vs {:.0} req/s direct = {:.0}% (target ≥ 50%)",
         rows[3].2.throughput(),
         rows[2].2.throughput(),
-        100.0 * ratio
+        100.0 * rows[3].2.throughput() / rows[2].2.throughput()
     );
 }

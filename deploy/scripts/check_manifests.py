@@ -51,12 +51,18 @@ def subset(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+# Variables the service reads only for tests; a deployment must not set them.
+TEST_ONLY_VARIABLES = {"SIDECAR_FAILPOINT"}
+
+
 def settings_variables() -> tuple[set[str], set[str]]:
     """(every variable src/settings.rs reads, the ones it treats as secret)."""
     text = (ROOT / "src" / "settings.rs").read_text()
     calls = re.findall(r'env\.(\w+)\(\s*"([A-Z][A-Z0-9_]+)"', text)
     names = {n for _, n in calls}
     secrets = {n for m, n in calls if "secret" in m}
+    # Test-only knobs (fault injection) must never be configured in a deployment.
+    names -= TEST_ONLY_VARIABLES
     # Read outside settings.rs (the log filter of telemetry.rs).
     for extra in ("RUST_LOG",):
         if any(f'"{extra}"' in p.read_text() for p in (ROOT / "src").rglob("*.rs")):

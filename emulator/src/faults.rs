@@ -4,7 +4,7 @@
 //! never to the control routes under `/__emulator/`, which must keep working while a test
 //! breaks everything else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -288,7 +288,9 @@ pub struct Recorder {
 
 #[derive(Default)]
 struct RecorderInner {
-    requests: Vec<RecordedRequest>,
+    /// A ring: the oldest is dropped in O(1) once full (a `Vec::remove(0)` moved ~2 MB per
+    /// request at capacity, which serialized the emulator behind this lock under load).
+    requests: VecDeque<RecordedRequest>,
     counts: HashMap<(String, String), usize>,
 }
 
@@ -306,9 +308,9 @@ impl Recorder {
             .entry((req.method.clone(), req.path.clone()))
             .or_default() += 1;
         if g.requests.len() >= Self::CAPACITY {
-            g.requests.remove(0);
+            g.requests.pop_front();
         }
-        g.requests.push(req);
+        g.requests.push_back(req);
     }
 
     pub fn calls(&self, path: &str) -> usize {

@@ -8,7 +8,8 @@
 //!   of the batch is acknowledged by JetStream. A partial index on the unpublished rows lets
 //!   the relay's sweeper find them without scanning the published ones.
 //! - `aggregated_events`: ids the aggregator has counted (its exactly-once effect under
-//!   redelivery), and `event_counts`: counts per (user, event type, UTC day).
+//!   redelivery; the janitor removes an id with its event, so it needs no time column or
+//!   index of its own), and `event_counts`: counts per (user, event type, UTC day).
 //!
 //! PostgreSQL gets native types (`uuid`, `timestamptz`); SQLite gets text (RFC 3339 UTC
 //! timestamps with a fixed width sort as they compare), so the statements are per backend.
@@ -41,11 +42,7 @@ const POSTGRES_UP: &[&str] = &[
         batch_id BIGINT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS events_batch_id ON events (batch_id)",
-    "CREATE TABLE IF NOT EXISTS aggregated_events (
-        event_id UUID PRIMARY KEY,
-        counted_at TIMESTAMPTZ NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS aggregated_events_counted_at ON aggregated_events (counted_at)",
+    "CREATE TABLE IF NOT EXISTS aggregated_events (event_id UUID PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS event_counts (
         user_id TEXT NOT NULL,
         event_type TEXT NOT NULL,
@@ -77,11 +74,7 @@ const SQLITE_UP: &[&str] = &[
         batch_id INTEGER NOT NULL
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS events_batch_id ON events (batch_id)",
-    "CREATE TABLE IF NOT EXISTS aggregated_events (
-        event_id TEXT PRIMARY KEY NOT NULL,
-        counted_at TEXT NOT NULL
-    ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS aggregated_events_counted_at ON aggregated_events (counted_at)",
+    "CREATE TABLE IF NOT EXISTS aggregated_events (event_id TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS event_counts (
         user_id TEXT NOT NULL,
         event_type TEXT NOT NULL,

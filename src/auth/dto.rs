@@ -1,22 +1,21 @@
 //! The auth DTOs of contract section 3, exactly as clients send and read them (snake_case).
 //!
 //! The same types describe the OpenAPI document, check the bounds of what clients send
-//! (poem-openapi validators run before any handler, so an out-of-bounds field never reaches
-//! .NET), and check .NET's answers (parsed with the same types: a missing field, a wrong type
+//! (validators and the checked string types of [`crate::http::text`] run before any
+//! handler, so an out-of-bounds field never reaches .NET), and check .NET's answers (parsed with the same types: a missing field, a wrong type
 //! or a value outside a closed enumeration is off-contract). None of them derives `Debug`:
 //! they hold passwords and tokens.
 
 use poem_openapi::{Object, Union};
 
 use crate::domain::{AccountStatus, AgeGroup, UserRole};
-use crate::http::text::Text;
+use crate::http::text::{BearerType, Email, OtpCode, Text};
 
 /// `POST /auth/login`.
 #[derive(Object)]
 pub struct LoginRequest {
     /// 3..254 characters, containing `@`.
-    #[oai(validator(min_length = 3, max_length = 254, pattern = "@"))]
-    pub email: Text,
+    pub email: Email,
     /// 1..1024 characters. Never logged.
     #[oai(validator(min_length = 1, max_length = 1024))]
     pub password: Text,
@@ -32,8 +31,7 @@ pub struct MfaVerifyRequest {
     #[oai(validator(min_length = 1, max_length = 128))]
     pub challenge_id: Text,
     /// Exactly 6 ASCII digits. Never logged.
-    #[oai(validator(pattern = "^[0-9]{6}$"))]
-    pub otp_code: Text,
+    pub otp_code: OtpCode,
 }
 
 /// `POST /auth/refresh`.
@@ -65,8 +63,7 @@ pub struct Tokens {
     #[oai(validator(min_length = 1))]
     pub refresh_token: Text,
     /// Always `Bearer`.
-    #[oai(validator(pattern = "^Bearer$"))]
-    pub token_type: Text,
+    pub token_type: BearerType,
     /// Seconds the access token lives (600).
     #[oai(validator(minimum(value = "0")))]
     pub expires_in: i64,

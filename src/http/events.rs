@@ -52,7 +52,11 @@ pub struct EventDoc {
 #[derive(Object)]
 #[oai(rename = "EventBatch")]
 pub struct EventBatchDoc {
-    events: Vec<EventDoc>,
+    /// Each item should be an `Event` (see that schema). Items are judged one by one: a
+    /// malformed item (not an object, a missing or mistyped field) is answered `rejected`
+    /// with reason `invalid_event` in a 200, and the rest of the batch goes on (contract
+    /// 5.1), so the items are typed as any JSON value here.
+    events: Vec<serde_json::Value>,
 }
 
 /// The raw `POST /events` body, documented as [`EventBatchDoc`].
@@ -65,6 +69,7 @@ impl<'a> ApiExtractor<'a> for EventBatchBody {
 
     fn register(registry: &mut Registry) {
         EventBatchDoc::register(registry);
+        EventDoc::register(registry);
     }
 
     fn request_meta() -> Option<MetaRequest> {
@@ -100,7 +105,7 @@ impl<'a> ApiExtractor<'a> for EventBatchBody {
 pub struct EventResult {
     /// The event's id (normalized for valid events; as sent for a rejected one when it
     /// was a string; else `null`).
-    #[oai(rename = "eventId")]
+    #[oai(rename = "eventId", nullable)]
     #[serde(rename = "eventId")]
     event_id: Option<String>,
     /// `accepted`, `duplicate` or `rejected`.

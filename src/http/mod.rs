@@ -6,17 +6,19 @@
 //! - [`context`], [`client_ip`]: request id, trace context and client address.
 //! - [`security`]: the bearer scheme and the `Authenticator` behind it.
 //! - [`text`]: a strict JSON string type for DTO fields.
-//! - [`meta`], [`health`], [`docs`], [`auth`], [`events`]: one `#[OpenApi]` struct per
-//!   route group.
+//! - [`meta`], [`health`], [`docs`], [`auth`], [`events`], [`config`], [`preferences`]: one
+//!   `#[OpenApi]` struct per route group.
 
 pub mod auth;
 pub mod client_ip;
+pub mod config;
 pub mod context;
 pub mod conventions;
 pub mod docs;
 pub mod events;
 pub mod health;
 pub mod meta;
+pub mod preferences;
 pub mod problem;
 pub mod security;
 pub mod text;

@@ -72,7 +72,7 @@ pub type Verdict = Result<Caller, Rejection>;
 /// The two ways of judging a token.
 pub enum Identity {
     Jwt(jwt::JwtVerifier),
-    Introspection(introspection::Introspector),
+    Introspection(Box<introspection::Introspector>),
 }
 
 impl Identity {
@@ -84,7 +84,7 @@ impl Identity {
                 jwt.audience.clone(),
                 keys::KeyCache::new(bridge, jwt.jwks_url.clone()),
             )),
-            None => Identity::Introspection(introspection::Introspector::new(bridge)),
+            None => Identity::Introspection(Box::new(introspection::Introspector::new(bridge))),
         }
     }
 

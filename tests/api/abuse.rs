@@ -367,7 +367,20 @@ async fn stream_with_consumer(
     name: &str,
     consumer: &str,
 ) -> (jetstream::Context, pull::Stream) {
-    let client = async_nats::connect(nats_url).await.expect("nats");
+    // A nats-server that has just started may reset the first connection while JetStream
+    // comes up: retry briefly.
+    let mut attempt = 0;
+    let client = loop {
+        match async_nats::connect(nats_url).await {
+            Ok(client) => break client,
+            Err(err) if attempt < 30 => {
+                attempt += 1;
+                let _ = err;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("nats: {err:?}"),
+        }
+    };
     let js = jetstream::new(client);
     let stream = js
         .create_stream(stream::Config {
@@ -481,12 +494,23 @@ async fn a_consumer_that_stops_acking_drives_backpressure_until_it_drains() {
             .await
             .unwrap();
     }
-    let state = app
-        .abuse
-        .controller
-        .poll_now(Duration::from_secs(5))
-        .await
-        .unwrap();
+    // Acks are fire-and-forget: the server may count them a moment later.
+    let mut state = None;
+    for _ in 0..50 {
+        let polled = app
+            .abuse
+            .controller
+            .poll_now(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let done = polled.lag == Some(15);
+        state = Some(polled);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = state.unwrap();
     assert_eq!(state.lag, Some(15));
     assert!(state.shedding, "15 is not below LOW");
 

@@ -252,3 +252,22 @@ async fn access_log_lines_are_json_with_request_and_trace_ids() {
     assert_eq!(entry["route"], "/meta/enums");
     assert_eq!(entry["status"], 200);
 }
+
+/// Found by schemathesis: a rejected event's `eventId` is `null` (contract 5.1), so the
+/// schema must allow it; and malformed items are per-event rejections, so the request
+/// schema must not promise that every item is an `Event`.
+#[tokio::test]
+async fn event_schemas_admit_what_the_contract_answers() {
+    let Some(app) = TestApp::spawn().await else {
+        return;
+    };
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["EventResult"]["properties"]["eventId"]["nullable"],
+        true
+    );
+    assert!(schemas["EventBatch"]["properties"]["events"]["items"]
+        .get("$ref")
+        .is_none());
+}

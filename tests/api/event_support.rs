@@ -40,9 +40,14 @@ pub fn token(user: &str) -> String {
     format!("test-user:{user}")
 }
 
-/// Posts `body` as `user`; returns status and JSON body.
+/// Posts `body` as `user` (test authenticator); returns status and JSON body.
 pub async fn post_events(app: &TestApp, user: &str, body: &Value) -> (u16, Value) {
-    let resp = app.post_json_bearer("/events", &token(user), body).await;
+    post_events_as(app, &token(user), body).await
+}
+
+/// Posts `body` with a bearer token; returns status and JSON body.
+pub async fn post_events_as(app: &TestApp, bearer: &str, body: &Value) -> (u16, Value) {
+    let resp = app.post_json_bearer("/events", bearer, body).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -149,25 +149,28 @@ async fn accepted_events_reach_the_stream_once_and_are_counted_once() {
     let nats = PrivateServer::nats().await;
     let (stream, prefix) = unique_names();
     let redis = PrivateServer::redis().await;
-    let Some(app) = TestApp::builder()
+    // The real caller identity: JWTs issued by the .NET emulator, verified locally.
+    let Some((app, _dotnet)) = TestApp::builder()
         .store(Store::Postgres)
-        .test_auth()
+        .jwt_of_default_emulator()
         .env("NATS_URL", nats.url())
         .env("REDIS_URL", redis.url())
         .env("REDIS_KEY_PREFIX", prefix)
         .env("EVENT_STREAM", &stream)
-        .spawn()
+        .spawn_with_emulator()
         .await
     else {
         return;
     };
+    let tokens = crate::auth::tokens_of(&app, "alice@example.com").await;
+    let access = crate::auth::str_of(&tokens, "access_token").to_owned();
     let ids: Vec<String> = (0..50).map(|_| new_id()).collect();
-    let (status, first) = post_events(&app, "alice", &batch(&ids)).await;
-    assert_eq!(status, 200);
+    let (status, first) = post_events_as(&app, &access, &batch(&ids)).await;
+    assert_eq!(status, 200, "{first}");
     assert_eq!(first["accepted"], 50);
     // A retried batch adds nothing: answered duplicate (from Redis or the table).
     for _ in 0..2 {
-        let (_, again) = post_events(&app, "alice", &batch(&ids)).await;
+        let (_, again) = post_events_as(&app, &access, &batch(&ids)).await;
         assert_eq!(again["duplicates"], 50, "{again}");
     }
     assert!(wait_stream_len(&nats.url(), &stream, 50, Duration::from_secs(10)).await);
@@ -184,6 +187,19 @@ async fn accepted_events_reach_the_stream_once_and_are_counted_once() {
     );
     let ready: Value = app.get("/health/ready").await.json().await.unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
+    // Events are attributed to the token's subject, never to a body field.
+    let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    use sea_orm::{ConnectionTrait, Statement};
+    let users = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT DISTINCT user_id FROM events".to_owned(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 1);
+    let user: String = users[0].try_get_by_index(0).unwrap();
+    assert!(!user.is_empty() && !user.starts_with("test-user"), "{user}");
 }
 
 #[tokio::test]
@@ -365,4 +381,86 @@ async fn embedded_sqlite_accepts_into_the_outbox_with_publishing_off() {
         "{ready}"
     );
     assert!(crate::helpers::captured_logs().contains("publishing is off: NATS_URL is unset"));
+}
+
+#[tokio::test]
+async fn janitor_removes_expired_published_events_only() {
+    let Some(app) = TestApp::builder().test_auth().spawn().await else {
+        return;
+    };
+    let published: Vec<String> = (0..5).map(|_| new_id()).collect();
+    let unpublished: Vec<String> = (0..5).map(|_| new_id()).collect();
+    let (_, a) = post_events(&app, "hank", &batch(&published)).await;
+    let (_, b) = post_events(&app, "hank", &batch(&unpublished)).await;
+    assert_eq!(
+        (a["accepted"].clone(), b["accepted"].clone()),
+        (json!(5), json!(5))
+    );
+    // Age both batches past the retention; mark only the first one published.
+    let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = db.get_database_backend();
+    let postgres = app.database_url.starts_with("postgres");
+    let (old, cast) = if postgres {
+        ("now() - interval '40 days'", "::uuid")
+    } else {
+        ("'2000-01-01T00:00:00.000000Z'", "")
+    };
+    // A request's events are split over the shards, so over several batches.
+    let first = format!(
+        "event_id IN ({})",
+        published
+            .iter()
+            .map(|id| format!("'{id}'{cast}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    db.execute(Statement::from_string(
+        backend,
+        format!("UPDATE outbox_batches SET created_at = {old}"),
+    ))
+    .await
+    .unwrap();
+    db.execute(Statement::from_string(
+        backend,
+        format!(
+            "UPDATE outbox_batches SET published_at = {old} WHERE batch_id IN \
+             (SELECT batch_id FROM events WHERE {first})"
+        ),
+    ))
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(Statement::from_string(backend, sql.to_owned()))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap()
+        }
+    };
+    let gone = crate::helpers::eventually(Duration::from_secs(15), || async {
+        count("SELECT COUNT(*) FROM events").await == 5
+    })
+    .await;
+    let logs = crate::helpers::captured_logs();
+    let janitor: Vec<&str> = logs.lines().filter(|l| l.contains("janitor")).collect();
+    assert!(
+        gone,
+        "the published, expired events were removed: {janitor:?}"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM outbox_batches b WHERE NOT EXISTS \
+             (SELECT 1 FROM events e WHERE e.batch_id = b.batch_id)"
+        )
+        .await,
+        0,
+        "emptied batch rows are removed"
+    );
+    // The unpublished ones stay, so they are still duplicates.
+    let (_, again) = post_events(&app, "hank", &batch(&unpublished)).await;
+    assert_eq!(again["duplicates"], 5);
 }

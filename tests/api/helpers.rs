@@ -543,6 +543,10 @@ impl PrivateServer {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         for _ in 0..100 {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                // NATS opens its port before JetStream is ready; give it a moment.
+                if matches!(self.kind, PrivateKind::Nats) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

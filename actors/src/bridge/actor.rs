@@ -1,27 +1,25 @@
-//! The `DotnetBridge` actor: the single owner of the HTTP client to .NET and of the circuit
-//! breaker that guards it.
+//! The `DotnetBridge` actor: the owner of the HTTP client to .NET and of the circuit
+//! breaker that guards it, and the [`BridgeCore`] it publishes for the hot path.
 //!
-//! The actor decides and records; it never waits on the network. A [`BridgeMsg::Call`] asks
-//! the breaker for a permit; if one is granted, the exchange runs in a task of its own on a
-//! clone of the client (a handle onto the one shared pool), and that task answers the
-//! caller and sends the outcome back as [`BridgeMsg::Record`]. So calls run concurrently,
-//! while every admission and every outcome passes through one mailbox in order: the
-//! breaker needs no lock and sees exactly what happened.
+//! The actor creates the core (one connection pool, one breaker) when it starts, publishes
+//! it in a [`CoreCell`] that every [`super::BridgeHandle`] reads, and keeps the breaker's
+//! gauge honest while no call comes (time alone moves an open breaker to half-open). Calls
+//! never pass through its mailbox: a caller takes a permit from the breaker (a mutex held
+//! for a few hundred nanoseconds, never across an `.await`), makes the exchange in its own
+//! task, and records the outcome. See the module docs of [`super`] for why.
 //!
-//! The exchange runs in its own task rather than the caller's so that a client that hangs
-//! up mid-call cannot cut a login or a refresh half-way (.NET would act, nobody would hear
-//! the answer), and so that the breaker always learns the outcome.
+//! A restarted bridge starts from its arguments: a fresh pool and a closed breaker.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
 use super::exchange::{exchange, Attempt, Prepared};
 use super::BridgeConfig;
-use crate::breaker::{CircuitBreaker, Outcome, Permit, Rejected, Transition};
+use crate::breaker::{CircuitBreaker, Rejected, Transition};
 use crate::metric_names::{
     CIRCUIT_STATE, UPSTREAM_DOTNET, UPSTREAM_REQUESTS_TOTAL, UPSTREAM_REQUEST_DURATION_SECONDS,
 };
@@ -32,99 +30,143 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// The bridge's messages.
 pub enum BridgeMsg {
-    /// Make one attempt of this request if the breaker admits it. The answer is the
-    /// attempt's result, or the breaker's refusal (nothing was sent).
-    Call(Arc<Prepared>, RpcReplyPort<Result<Attempt, Rejected>>),
-    /// An attempt made under `permit` ended: tell the breaker.
-    Record {
-        permit: Permit,
-        outcome: Outcome,
-        elapsed: Duration,
-    },
     /// Time passed; apply what time alone changes in the breaker.
     Tick,
 }
 
-/// The actor (stateless itself; restarts start from [`BridgeConfig`]).
+/// Where the current incarnation's core is published for the handles.
+#[derive(Clone, Default)]
+pub struct CoreCell(Arc<RwLock<Option<Arc<BridgeCore>>>>);
+
+impl CoreCell {
+    /// The current core; `None` before the bridge first started or after it stopped.
+    pub fn get(&self) -> Option<Arc<BridgeCore>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, core: Option<Arc<BridgeCore>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = core;
+    }
+}
+
+/// The arguments the bridge starts (and restarts) from.
+#[derive(Clone)]
+pub struct BridgeArgs {
+    pub config: BridgeConfig,
+    pub cell: CoreCell,
+}
+
+/// The client and the breaker of one incarnation of the bridge.
+pub struct BridgeCore {
+    /// The one connection pool to .NET.
+    client: reqwest::Client,
+    /// Admission and outcomes of every call; never locked across an `.await`.
+    breaker: Mutex<CircuitBreaker>,
+}
+
+impl BridgeCore {
+    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One attempt: a permit from the breaker, the exchange, the outcome recorded and
+    /// counted. `Err` when the breaker refused (nothing was sent).
+    pub async fn attempt(&self, request: &Prepared) -> Result<Attempt, Rejected> {
+        let operation = request.operation.as_str();
+        let permit = match self.breaker().try_acquire(Instant::now()) {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                metrics::counter!(
+                    UPSTREAM_REQUESTS_TOTAL,
+                    "operation" => operation,
+                    "outcome" => "short_circuited"
+                )
+                .increment(1);
+                return Err(rejected);
+            }
+        };
+        // If this future is dropped mid-exchange (the client hung up), the permit goes
+        // unrecorded: the breaker counts an unrecorded probe as timed out.
+        let started = Instant::now();
+        let attempt = exchange(&self.client, request).await;
+        let elapsed = started.elapsed();
+        metrics::counter!(
+            UPSTREAM_REQUESTS_TOTAL,
+            "operation" => operation,
+            "outcome" => attempt.metric_outcome()
+        )
+        .increment(1);
+        metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "operation" => operation)
+            .record(elapsed.as_secs_f64());
+        self.breaker()
+            .record(permit, attempt.breaker_outcome(), elapsed, Instant::now());
+        Ok(attempt)
+    }
+}
+
+/// The actor (stateless itself; restarts start from [`BridgeArgs`]).
 #[derive(Clone)]
 pub struct DotnetBridge;
 
 pub struct BridgeState {
-    /// The one connection pool to .NET; cloned per exchange (an `Arc` inside).
-    client: reqwest::Client,
-    breaker: CircuitBreaker,
+    core: Arc<BridgeCore>,
+    cell: CoreCell,
 }
 
 impl Actor for DotnetBridge {
     type Msg = BridgeMsg;
     type State = BridgeState;
-    type Arguments = BridgeConfig;
+    type Arguments = BridgeArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<BridgeMsg>,
-        config: BridgeConfig,
+        args: BridgeArgs,
     ) -> Result<BridgeState, ActorProcessingErr> {
-        let client = build_client(&config)?;
-        let breaker = CircuitBreaker::new(config.breaker.clone(), Instant::now())
+        let client = build_client(&args.config)?;
+        let breaker = CircuitBreaker::new(args.config.breaker.clone(), Instant::now())
             .with_observer(observe_transition);
         // A fresh incarnation starts closed; say so, in case the last one died open.
         metrics::gauge!(CIRCUIT_STATE, "upstream" => UPSTREAM_DOTNET).set(0.0);
+        let core = Arc::new(BridgeCore {
+            client,
+            breaker: Mutex::new(breaker),
+        });
+        args.cell.set(Some(Arc::clone(&core)));
         myself.send_interval(TICK, || BridgeMsg::Tick);
-        Ok(BridgeState { client, breaker })
+        Ok(BridgeState {
+            core,
+            cell: args.cell,
+        })
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<BridgeMsg>,
+        _myself: ActorRef<BridgeMsg>,
         msg: BridgeMsg,
         state: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BridgeMsg::Call(request, reply) => match state.breaker.try_acquire(Instant::now()) {
-                Err(rejected) => {
-                    metrics::counter!(
-                        UPSTREAM_REQUESTS_TOTAL,
-                        "operation" => request.operation.as_str(),
-                        "outcome" => "short_circuited"
-                    )
-                    .increment(1);
-                    let _ = reply.send(Err(rejected));
-                }
-                Ok(permit) => {
-                    let client = state.client.clone();
-                    tokio::spawn(async move {
-                        let started = Instant::now();
-                        let attempt = exchange(&client, &request).await;
-                        let elapsed = started.elapsed();
-                        let operation = request.operation.as_str();
-                        metrics::counter!(
-                            UPSTREAM_REQUESTS_TOTAL,
-                            "operation" => operation,
-                            "outcome" => attempt.metric_outcome()
-                        )
-                        .increment(1);
-                        metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "operation" => operation)
-                            .record(elapsed.as_secs_f64());
-                        // If the bridge died meanwhile, its successor has a fresh breaker
-                        // that never issued this permit: nothing to record.
-                        let _ = myself.cast(BridgeMsg::Record {
-                            permit,
-                            outcome: attempt.breaker_outcome(),
-                            elapsed,
-                        });
-                        let _ = reply.send(Ok(attempt));
-                    });
-                }
-            },
-            BridgeMsg::Record {
-                permit,
-                outcome,
-                elapsed,
-            } => state
-                .breaker
-                .record(permit, outcome, elapsed, Instant::now()),
-            BridgeMsg::Tick => state.breaker.poll(Instant::now()),
+            BridgeMsg::Tick => state.core.breaker().poll(Instant::now()),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BridgeMsg>,
+        state: &mut BridgeState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Only if it is still ours (a successor may already have published its own).
+        if state
+            .cell
+            .get()
+            .is_some_and(|current| Arc::ptr_eq(&current, &state.core))
+        {
+            state.cell.set(None);
         }
         Ok(())
     }

@@ -20,7 +20,8 @@ pub struct Prepared {
     pub operation: Operation,
     pub retry: RetryPolicy,
     pub method: Method,
-    pub url: String,
+    /// Parsed once: reqwest would otherwise parse (and IDNA-process) a string per send.
+    pub url: reqwest::Url,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
 }
@@ -28,12 +29,13 @@ pub struct Prepared {
 impl Prepared {
     /// Builds the URL (`path` under `base_url`, or `path` itself when absolute) and the
     /// headers: the forwarded ones, `Authorization`, `Accept`, and `Content-Type` for a body.
-    pub fn new(base_url: &str, default_user_agent: &HeaderValue, req: UpstreamRequest) -> Self {
-        let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
-            req.path
-        } else {
-            format!("{base_url}{}", req.path)
-        };
+    /// `None` when the URL does not parse.
+    pub fn new(
+        base_url: &reqwest::Url,
+        default_user_agent: &HeaderValue,
+        req: UpstreamRequest,
+    ) -> Option<Self> {
+        let url = join(base_url, &req.path)?;
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(
             ACCEPT,
@@ -62,15 +64,32 @@ impl Prepared {
             // Serializing a `Value` cannot fail (its map keys are strings).
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         });
-        Prepared {
+        Some(Prepared {
             operation: req.operation,
             retry: req.operation.retry_policy(&req.method),
             method: req.method,
             url,
             headers,
             body,
-        }
+        })
     }
+}
+
+/// `path` (with an optional `?query`) under `base`'s path, or `path` itself when it is an
+/// absolute `http(s)://` URL.
+pub fn join(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        return reqwest::Url::parse(path).ok();
+    }
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
+    url.set_query(query);
+    Some(url)
 }
 
 /// How one exchange ended.
@@ -132,7 +151,7 @@ impl Attempt {
 /// Sends `req` once on `client` (whose own timeout bounds the whole exchange).
 pub async fn exchange(client: &reqwest::Client, req: &Prepared) -> Attempt {
     let mut builder = client
-        .request(req.method.clone(), &req.url)
+        .request(req.method.clone(), req.url.clone())
         .headers(req.headers.clone());
     if let Some(body) = &req.body {
         builder = builder.body(body.clone());
@@ -297,8 +316,9 @@ mod tests {
             forwarded_for: Some("10.0.0.1, 127.0.0.1".into()),
             user_agent: None,
         });
-        let p = Prepared::new("http://dotnet:5000", &ua, req);
-        assert_eq!(p.url, "http://dotnet:5000/auth/refresh");
+        let base = reqwest::Url::parse("http://dotnet:5000").unwrap();
+        let p = Prepared::new(&base, &ua, req).unwrap();
+        assert_eq!(p.url.as_str(), "http://dotnet:5000/auth/refresh");
         assert_eq!(p.retry, RetryPolicy::UnsentOnly);
         assert_eq!(p.headers["x-request-id"], "rid");
         assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
@@ -307,11 +327,30 @@ mod tests {
         assert!(p.headers["authorization"].is_sensitive());
         assert_eq!(p.headers["content-type"], "application/json");
         let abs = Prepared::new(
-            "http://dotnet:5000",
+            &base,
             &ua,
             UpstreamRequest::get(Operation::Jwks, "https://idp.example/jwks.json"),
-        );
-        assert_eq!(abs.url, "https://idp.example/jwks.json");
+        )
+        .unwrap();
+        assert_eq!(abs.url.as_str(), "https://idp.example/jwks.json");
         assert!(abs.body.is_none());
+    }
+
+    #[test]
+    fn paths_join_under_the_base_path() {
+        let base = reqwest::Url::parse("http://dotnet:5000/api/").unwrap();
+        assert_eq!(
+            join(&base, "/users/u1/preferences").unwrap().as_str(),
+            "http://dotnet:5000/api/users/u1/preferences"
+        );
+        assert_eq!(
+            join(&base, "/config?x=1").unwrap().as_str(),
+            "http://dotnet:5000/api/config?x=1"
+        );
+        let root = reqwest::Url::parse("http://dotnet:5000").unwrap();
+        assert_eq!(
+            join(&root, "/auth/login").unwrap().as_str(),
+            "http://dotnet:5000/auth/login"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! [`BridgeHandle`]: what the rest of the service holds to call .NET. Cloneable, survives
-//! the bridge's restarts (it is a [`Slot`] underneath), and retries where the contract
-//! allows it.
+//! the bridge's restarts (it reads the current incarnation's core at every call), and
+//! retries where the contract allows it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -9,28 +9,23 @@ use std::time::Duration;
 use backoff::ExponentialBackoff;
 use reqwest::header::HeaderValue;
 
-use super::actor::BridgeMsg;
+use super::actor::CoreCell;
 use super::exchange::{Attempt, Prepared};
 use super::request::{
     whole_seconds, UnavailableCause, UpstreamError, UpstreamRequest, UpstreamResponse,
 };
-use crate::supervisor::{CallError, Slot};
 
 /// Attempts per call at most, the first included.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// How long a caller waits for the bridge beyond the call timeout itself (mailbox, task
-/// start); the exchange is bounded by the client's timeout, so this only guards against a
-/// bridge that died with the request.
-const REPLY_MARGIN: Duration = Duration::from_secs(1);
-
 /// A typed handle onto the `DotnetBridge` actor.
 #[derive(Clone)]
 pub struct BridgeHandle {
-    slot: Slot<BridgeMsg>,
+    cell: CoreCell,
     base_url: Arc<str>,
+    /// `base_url` parsed once.
+    base: reqwest::Url,
     user_agent: HeaderValue,
-    reply_timeout: Duration,
     backoff: BackoffSettings,
 }
 
@@ -43,18 +38,21 @@ struct BackoffSettings {
 }
 
 impl BridgeHandle {
-    pub(super) fn new(slot: Slot<BridgeMsg>, base_url: &str, timeout: Duration) -> Self {
-        Self {
-            slot,
+    /// `base_url` must be an absolute `http(s)` URL (the settings check it).
+    pub(super) fn new(cell: CoreCell, base_url: &str) -> Result<Self, super::InvalidBaseUrl> {
+        let base =
+            reqwest::Url::parse(base_url).map_err(|err| super::InvalidBaseUrl(err.to_string()))?;
+        Ok(Self {
+            cell,
+            base,
             base_url: Arc::from(base_url.trim_end_matches('/')),
             user_agent: HeaderValue::from_static(concat!("sidecar/", env!("CARGO_PKG_VERSION"))),
-            reply_timeout: timeout + REPLY_MARGIN,
             backoff: BackoffSettings {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(500),
                 max_elapsed: Duration::from_secs(2),
             },
-        }
+        })
     }
 
     /// `DOTNET_BASE_URL`, without a trailing slash.
@@ -69,7 +67,10 @@ impl BridgeHandle {
     /// `Err` is a 5xx, a timeout, a connection failure, an open circuit or an answer that
     /// is not JSON.
     pub async fn call(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        let prepared = Arc::new(Prepared::new(&self.base_url, &self.user_agent, request));
+        let path = request.path.clone();
+        let prepared = Prepared::new(&self.base, &self.user_agent, request)
+            .ok_or_else(|| UpstreamError::BadGateway(format!("{path:?} does not make a URL")))?;
+        let prepared = Arc::new(prepared);
         let policy = prepared.retry;
         let attempts = AtomicU32::new(0);
         let backoff = ExponentialBackoff {
@@ -95,24 +96,20 @@ impl BridgeHandle {
         .await
     }
 
-    /// One attempt through the bridge actor.
+    /// One attempt on the current incarnation's core.
     async fn attempt(&self, prepared: Arc<Prepared>) -> Result<Attempt, UpstreamError> {
-        match self
-            .slot
-            .call(|reply| BridgeMsg::Call(prepared, reply), self.reply_timeout)
-            .await
-        {
-            Ok(Ok(attempt)) => Ok(attempt),
-            Ok(Err(rejected)) => Err(UpstreamError::Unavailable {
-                retry_after: whole_seconds(rejected.retry_after),
-                cause: UnavailableCause::CircuitOpen,
-            }),
-            Err(CallError::Timeout) => Err(UpstreamError::Timeout),
-            Err(CallError::Unavailable | CallError::Failed) => Err(UpstreamError::Unavailable {
+        let Some(core) = self.cell.get() else {
+            return Err(UpstreamError::Unavailable {
                 retry_after: 1,
                 cause: UnavailableCause::BridgeRestarting,
-            }),
-        }
+            });
+        };
+        core.attempt(&prepared)
+            .await
+            .map_err(|rejected| UpstreamError::Unavailable {
+                retry_after: whole_seconds(rejected.retry_after),
+                cause: UnavailableCause::CircuitOpen,
+            })
     }
 }
 

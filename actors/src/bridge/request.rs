@@ -117,6 +117,10 @@ impl UpstreamRequest {
         Self::new(operation, Method::POST, path).json(body)
     }
 
+    pub fn put(operation: Operation, path: impl Into<String>, body: Value) -> Self {
+        Self::new(operation, Method::PUT, path).json(body)
+    }
+
     pub fn json(mut self, body: Value) -> Self {
         self.body = Some(body);
         self

@@ -10,7 +10,8 @@
 //!
 //! The hash window (`<prefix>eh:<hash>` → id, `SET NX EX <window>`) is a claim made before
 //! the insert; a claim held by another id means "a new id whose hash was accepted within
-//! the window" (contract 11, `eventIdAndHash`).
+//! the window" (contract 11, `eventIdAndHash`). When Redis cannot answer, the claim is
+//! unknown and the event is judged by id alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

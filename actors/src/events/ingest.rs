@@ -155,21 +155,24 @@ impl EventIngest {
     /// The second half of [`Self::submit`]: stores the valid events of a judged batch and
     /// assembles the answer.
     pub async fn store(&self, batch: JudgedBatch) -> Result<BatchOutcome, IngestError> {
-        let JudgedBatch { user, judged } = batch;
+        let JudgedBatch { user, mut judged } = batch;
         let n = self.inner.shards.len();
         let mut per_shard: Vec<(Vec<EventRow>, Vec<usize>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-        for (index, j) in judged.iter().enumerate() {
+        for (index, j) in judged.iter_mut().enumerate() {
             if let Judged::Valid(e) = j {
-                let slot = &mut per_shard[self.shard_of(e)];
+                let shard = self.shard_of(e);
+                let slot = &mut per_shard[shard];
+                // The row takes the event's text; the judgement keeps id and hash, which
+                // is all the answer needs.
                 slot.0.push(EventRow {
                     event_id: e.event_id,
                     user_id: user.clone(),
-                    device_id: e.device_id.clone(),
-                    event_type: e.event_type.clone(),
+                    device_id: e.device_id.take(),
+                    event_type: std::mem::take(&mut e.event_type),
                     occurred_at: e.occurred_at,
                     event_hash: e.event_hash.clone(),
-                    payload: e.payload.clone(),
+                    payload: std::mem::take(&mut e.payload),
                 });
                 slot.1.push(index);
             }

@@ -4,8 +4,14 @@
 //! Each request's slice arrives as [`ShardMsg::Submit`] and is queued; the first one also
 //! schedules a [`ShardMsg::Flush`] to the shard itself. Because the mailbox is FIFO, that
 //! flush runs after every submit that was already waiting, so one flush takes them all
-//! (up to `max_group_rows`): while one group's statement runs, the next group fills up.
-//! The window is therefore exactly one statement's duration; nothing waits on a timer.
+//! (up to `max_group_rows`) and runs them as one group commit in a task of its own, whose
+//! end comes back as [`ShardMsg::FlushDone`]. At most `max_in_flight` group commits run at
+//! once; while they do, the next group fills up. The window is therefore the time until a
+//! commit slot frees; nothing waits on a timer, and a lone request is flushed at once.
+//!
+//! Two group commits of one shard (or of two replicas) may hold the same id: the unique
+//! index decides (one `INSERT` waits for the other's commit and sees a conflict), and rows
+//! are inserted in id order so such waits cannot deadlock.
 //!
 //! A flush: Redis (when configured) answers the ids it knows are committed; the
 //! `eventIdAndHash` window is claimed; the rest goes to the database in ONE statement
@@ -56,8 +62,11 @@ pub enum ShardMsg {
     /// Decide `rows` (distinct ids; one request's slice for this shard). The answer, one
     /// decision per row in order, comes after the commit that decided them.
     Submit(Vec<EventRow>, ShardReply),
-    /// Run one group commit of what is queued (the shard sends this to itself).
+    /// Start one group commit of what is queued (the shard sends this to itself).
     Flush,
+    /// A group commit finished; `release` are the in-memory hash claims of rows that were
+    /// not stored (the flush task sends this back).
+    FlushDone { release: Vec<(String, Uuid)> },
 }
 
 /// Fixed at start (and restart).
@@ -72,6 +81,9 @@ pub struct ShardArgs {
     pub hash_window: Option<Duration>,
     /// Most rows per group commit.
     pub max_group_rows: usize,
+    /// Group commits of this shard running at once (each in its own task). 1 serializes
+    /// the shard's statements; more overlap one statement's commit wait with the next.
+    pub max_in_flight: usize,
     /// Bound of the database work of one flush.
     pub statement_timeout: Duration,
     /// Test-only failpoint (`SIDECAR_FAILPOINT=crash_after_commit`): abort the process
@@ -86,7 +98,8 @@ pub struct ShardState {
     args: ShardArgs,
     queue: VecDeque<(Vec<EventRow>, ShardReply)>,
     flush_scheduled: bool,
-    /// The in-memory hash window (`eventIdAndHash` without a usable Redis).
+    in_flight: usize,
+    /// The in-memory hash window (`eventIdAndHash` without Redis).
     window: Option<HashWindow>,
 }
 
@@ -105,6 +118,7 @@ impl Actor for DedupeShard {
             args,
             queue: VecDeque::new(),
             flush_scheduled: false,
+            in_flight: 0,
         })
     }
 
@@ -121,13 +135,14 @@ impl Actor for DedupeShard {
                     return Ok(());
                 }
                 state.queue.push_back((rows, reply));
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    myself.cast(ShardMsg::Flush)?;
-                }
+                schedule_flush(&myself, state)?;
             }
             ShardMsg::Flush => {
                 state.flush_scheduled = false;
+                if state.in_flight >= state.args.max_in_flight.max(1) {
+                    // FlushDone schedules the next one.
+                    return Ok(());
+                }
                 let mut group = Vec::new();
                 let mut rows = 0;
                 while let Some((next, _)) = state.queue.front() {
@@ -137,22 +152,82 @@ impl Actor for DedupeShard {
                     rows += next.len();
                     group.extend(state.queue.pop_front());
                 }
-                if !state.queue.is_empty() {
-                    state.flush_scheduled = true;
-                    myself.cast(ShardMsg::Flush)?;
+                if group.is_empty() {
+                    return Ok(());
                 }
-                flush(state, group).await;
+                // The in-memory hash window is the shard's state: claims are made here,
+                // before the task, and given back through FlushDone.
+                let claims = claim_in_memory(state, &group);
+                state.in_flight += 1;
+                let args = state.args.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let release = flush(args, group, claims).await;
+                    let _ = me.cast(ShardMsg::FlushDone { release });
+                });
+                schedule_flush(&myself, state)?;
+            }
+            ShardMsg::FlushDone { release } => {
+                state.in_flight = state.in_flight.saturating_sub(1);
+                if let Some(window) = &mut state.window {
+                    for (hash, id) in release {
+                        window.release(&hash, id);
+                    }
+                }
+                schedule_flush(&myself, state)?;
             }
         }
         Ok(())
     }
 }
 
+/// Asks for a Flush when there is work and room for another group commit.
+fn schedule_flush(
+    myself: &ActorRef<ShardMsg>,
+    state: &mut ShardState,
+) -> Result<(), ActorProcessingErr> {
+    if !state.flush_scheduled
+        && !state.queue.is_empty()
+        && state.in_flight < state.args.max_in_flight.max(1)
+    {
+        state.flush_scheduled = true;
+        myself.cast(ShardMsg::Flush)?;
+    }
+    Ok(())
+}
+
+/// The hash-window verdict of each row of `group` made in memory (`eventIdAndHash`
+/// without Redis): `Some(true)` taken by another id, `Some(false)` claimed now, `None` not
+/// judged here (Redis will, or the mode is off).
+type MemoryClaims = Vec<Vec<Option<bool>>>;
+
+fn claim_in_memory(state: &mut ShardState, group: &[(Vec<EventRow>, ShardReply)]) -> MemoryClaims {
+    let use_memory = state.args.hash_window.is_some() && state.args.cache.is_none();
+    let now = Instant::now();
+    group
+        .iter()
+        .map(|(rows, _)| {
+            rows.iter()
+                .map(|r| match (&mut state.window, use_memory) {
+                    (Some(window), true) => {
+                        Some(window.claim(&r.event_hash, r.event_id, now).is_some())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Where a row sits: (request in the group, row in the request).
 type At = (usize, usize);
 
-async fn flush(state: &mut ShardState, group: Vec<(Vec<EventRow>, ShardReply)>) {
-    let args = state.args.clone();
+/// One group commit (in its own task); returns the in-memory claims to give back.
+async fn flush(
+    args: ShardArgs,
+    group: Vec<(Vec<EventRow>, ShardReply)>,
+    memory: MemoryClaims,
+) -> Vec<(String, Uuid)> {
     let mut decisions: Vec<Vec<Option<Decision>>> = group
         .iter()
         .map(|(rows, _)| vec![None; rows.len()])
@@ -187,23 +262,24 @@ async fn flush(state: &mut ShardState, group: Vec<(Vec<EventRow>, ShardReply)>) 
         }
     }
 
-    // eventIdAndHash: claim each remaining hash for its id.
+    // eventIdAndHash: claim each remaining hash for its id (Redis shared by the replicas,
+    // else the shard's memory, judged before this task).
     let mut claims: Vec<At> = Vec::new();
-    if args.hash_window.is_some() {
+    if let Some(window) = args.hash_window {
         for &at in &candidates {
             if decisions[at.0][at.1].is_some() {
                 continue;
             }
-            let r = row(at);
-            let taken = match (&args.cache, args.hash_window) {
-                (Some(cache), Some(window)) => {
-                    match cache.claim_hash(&r.event_hash, &r.event_id, window).await {
-                        Claim::Held => false,
-                        Claim::TakenBy(_) => true,
-                        Claim::Unknown => claim_in_memory(state, r),
-                    }
+            let taken = match (memory[at.0][at.1], &args.cache) {
+                (Some(taken), _) => taken,
+                (None, Some(cache)) => {
+                    let r = row(at);
+                    matches!(
+                        cache.claim_hash(&r.event_hash, &r.event_id, window).await,
+                        Claim::TakenBy(_)
+                    )
                 }
-                _ => claim_in_memory(state, r),
+                (None, None) => false,
             };
             if taken {
                 decisions[at.0][at.1] = Some(Decision::HashDuplicate);
@@ -254,11 +330,11 @@ async fn flush(state: &mut ShardState, group: Vec<(Vec<EventRow>, ShardReply)>) 
                     _ => "timed out".to_owned(),
                 };
                 tracing::warn!(error = %reason, rows = refs.len(), "group commit failed");
-                release_claims(state, &claims, &group).await;
+                let release = release_claims(&args, &claims, &group).await;
                 for (_, reply) in group {
                     let _ = reply.send(Err(ShardError::StoreUnavailable));
                 }
-                return;
+                return release;
             }
         }
     }
@@ -289,7 +365,7 @@ async fn flush(state: &mut ShardState, group: Vec<(Vec<EventRow>, ShardReply)>) 
         .into_iter()
         .filter(|&at| !accepted_set.contains(&row(at).event_id))
         .collect();
-    release_claims(state, &unstored, &group).await;
+    let release = release_claims(&args, &unstored, &group).await;
 
     // Remember what Redis should know: accepted ids and the conflicts' stored hashes.
     let mut remember: Vec<(Uuid, String)> = stored.into_iter().collect();
@@ -320,33 +396,29 @@ async fn flush(state: &mut ShardState, group: Vec<(Vec<EventRow>, ShardReply)>) 
             tokio::spawn(async move { cache.remember(&remember).await });
         }
     }
+    release
 }
 
-fn claim_in_memory(state: &mut ShardState, r: &EventRow) -> bool {
-    match &mut state.window {
-        Some(window) => window
-            .claim(&r.event_hash, r.event_id, Instant::now())
-            .is_some(),
-        None => false,
-    }
-}
-
+/// Gives back the claims of `claims` (rows not stored): Redis now, memory through the
+/// returned list.
 async fn release_claims(
-    state: &mut ShardState,
+    args: &ShardArgs,
     claims: &[At],
     group: &[(Vec<EventRow>, ShardReply)],
-) {
+) -> Vec<(String, Uuid)> {
     if claims.is_empty() {
-        return;
+        return Vec::new();
     }
     let rows: Vec<&EventRow> = claims.iter().map(|&(g, i)| &group[g].0[i]).collect();
-    if let Some(window) = &mut state.window {
-        for r in &rows {
-            window.release(&r.event_hash, r.event_id);
+    match &args.cache {
+        Some(cache) => {
+            let hashes: Vec<String> = rows.iter().map(|r| r.event_hash.clone()).collect();
+            cache.release_hashes(&hashes).await;
+            Vec::new()
         }
-    }
-    if let Some(cache) = &state.args.cache {
-        let hashes: Vec<String> = rows.iter().map(|r| r.event_hash.clone()).collect();
-        cache.release_hashes(&hashes).await;
+        None => rows
+            .iter()
+            .map(|r| (r.event_hash.clone(), r.event_id))
+            .collect(),
     }
 }

@@ -411,7 +411,6 @@ impl EventStore {
         if events.is_empty() {
             return Ok(0);
         }
-        let now = Utc::now();
         let mut by_id: HashMap<Uuid, &CountKey> = HashMap::with_capacity(events.len());
         for (id, key) in events {
             by_id.entry(*id).or_insert(key);
@@ -422,12 +421,11 @@ impl EventStore {
             Self::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let fresh: Vec<Uuid> = sqlx::query_scalar(
-                    "INSERT INTO aggregated_events (event_id, counted_at)
-                     SELECT id, $2 FROM UNNEST($1::uuid[]) AS u(id)
+                    "INSERT INTO aggregated_events (event_id)
+                     SELECT id FROM UNNEST($1::uuid[]) AS u(id)
                      ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                 )
                 .bind(&ids)
-                .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
                 let counts = count_keys(&fresh, &by_id);
@@ -461,11 +459,10 @@ impl EventStore {
                 let mut fresh = Vec::new();
                 for id in &ids {
                     let done = sqlx::query(
-                        "INSERT INTO aggregated_events (event_id, counted_at) VALUES (?, ?)
+                        "INSERT INTO aggregated_events (event_id) VALUES (?)
                          ON CONFLICT (event_id) DO NOTHING",
                     )
                     .bind(id.to_string())
-                    .bind(sqlite_time(now))
                     .execute(&mut *tx)
                     .await?;
                     if done.rows_affected() == 1 {
@@ -492,8 +489,9 @@ impl EventStore {
         Ok(fresh.len())
     }
 
-    /// Deletes up to `limit` events of published batches created before `cutoff`, then the
-    /// batch rows left empty. Never touches an unpublished batch. Returns rows deleted.
+    /// Deletes up to `limit` events of published batches created before `cutoff` (with
+    /// their ids in `aggregated_events`), then the batch rows left empty. Never touches an
+    /// unpublished batch. Returns the events and batch rows deleted.
     pub async fn delete_expired(
         &self,
         cutoff: DateTime<Utc>,
@@ -501,20 +499,25 @@ impl EventStore {
     ) -> Result<u64, StoreError> {
         match self {
             Self::Postgres(pool) => {
-                let events = sqlx::query(
-                    "DELETE FROM events WHERE event_id IN (
-                        SELECT e.event_id FROM events e
-                        WHERE e.batch_id IN (
-                            SELECT batch_id FROM outbox_batches
-                            WHERE created_at < $1 AND published_at IS NOT NULL
-                            ORDER BY created_at LIMIT 100)
-                        LIMIT $2)",
+                let events = sqlx::query_scalar::<_, i64>(
+                    "WITH gone AS (
+                        DELETE FROM events WHERE event_id IN (
+                            SELECT e.event_id FROM events e
+                            WHERE e.batch_id IN (
+                                SELECT batch_id FROM outbox_batches
+                                WHERE created_at < $1 AND published_at IS NOT NULL
+                                ORDER BY created_at LIMIT 100)
+                            LIMIT $2)
+                        RETURNING event_id),
+                     counted AS (
+                        DELETE FROM aggregated_events
+                        WHERE event_id IN (SELECT event_id FROM gone))
+                     SELECT count(*) FROM gone",
                 )
                 .bind(cutoff)
                 .bind(limit)
-                .execute(pool)
-                .await?
-                .rows_affected();
+                .fetch_one(pool)
+                .await? as u64;
                 let batches = sqlx::query(
                     "DELETE FROM outbox_batches b WHERE b.batch_id IN (
                         SELECT batch_id FROM outbox_batches
@@ -526,34 +529,36 @@ impl EventStore {
                 .execute(pool)
                 .await?
                 .rows_affected();
-                let counted = sqlx::query(
-                    "DELETE FROM aggregated_events WHERE event_id IN (
-                        SELECT event_id FROM aggregated_events WHERE counted_at < $1 LIMIT $2)",
-                )
-                .bind(cutoff)
-                .bind(limit)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                Ok(events + batches + counted)
+                Ok(events + batches)
             }
             Self::Sqlite(pool) => {
                 let cutoff = sqlite_time(cutoff);
-                let events = sqlx::query(
-                    "DELETE FROM events WHERE event_id IN (
-                        SELECT e.event_id FROM events e
-                        WHERE e.batch_id IN (
-                            SELECT batch_id FROM outbox_batches
-                            WHERE created_at < ? AND published_at IS NOT NULL
-                            ORDER BY created_at LIMIT 100)
-                        LIMIT ?)",
+                let mut tx = pool.begin().await?;
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT e.event_id FROM events e
+                     WHERE e.batch_id IN (
+                        SELECT batch_id FROM outbox_batches
+                        WHERE created_at < ? AND published_at IS NOT NULL
+                        ORDER BY created_at LIMIT 100)
+                     LIMIT ?",
                 )
                 .bind(&cutoff)
                 .bind(limit)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                let batches = sqlx::query(
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut deleted = 0;
+                for id in &ids {
+                    sqlx::query("DELETE FROM aggregated_events WHERE event_id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    deleted += sqlx::query("DELETE FROM events WHERE event_id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                deleted += sqlx::query(
                     "DELETE FROM outbox_batches WHERE batch_id IN (
                         SELECT batch_id FROM outbox_batches
                         WHERE created_at < ? AND published_at IS NOT NULL
@@ -562,19 +567,11 @@ impl EventStore {
                                      WHERE e.batch_id = outbox_batches.batch_id)",
                 )
                 .bind(&cutoff)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                let counted = sqlx::query(
-                    "DELETE FROM aggregated_events WHERE event_id IN (
-                        SELECT event_id FROM aggregated_events WHERE counted_at < ? LIMIT ?)",
-                )
-                .bind(&cutoff)
-                .bind(limit)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                Ok(events + batches + counted)
+                tx.commit().await?;
+                Ok(deleted)
             }
         }
     }

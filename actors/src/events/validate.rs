@@ -116,6 +116,17 @@ pub fn judge_batch(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Judged>, RequestError> {
+    // serde would also build the envelope from a JSON array (members by position): the
+    // contract wants an object, so look before deserializing (found by a property test).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(RequestError::Invalid(
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+                "the body must be an object whose `events` is an array".to_owned()
+            } else {
+                "the body is not valid JSON".to_owned()
+            },
+        ));
+    }
     let envelope: Envelope = serde_json::from_slice(body).map_err(|err| {
         RequestError::Invalid(if err.is_data() {
             "the body must be an object whose `events` is an array".to_owned()
@@ -157,6 +168,10 @@ pub fn judge_event(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<ValidEvent, Rejection> {
+    // An array would deserialize into the event by position; an event is an object.
+    if !raw.get().starts_with('{') {
+        return Err((None, RejectReason::InvalidEvent));
+    }
     let wire: WireEvent = match serde_json::from_str(raw.get()) {
         Ok(wire) => wire,
         // Not an object, or a repeated member: still echo a string `eventId` if there is one.
