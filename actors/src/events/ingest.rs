@@ -280,3 +280,56 @@ fn outcome_of(e: &ValidEvent, status: Status) -> EventOutcome {
 pub fn normalize_event_id(text: &str) -> Option<Uuid> {
     super::validate::parse_event_id(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingest() -> EventIngest {
+        EventIngest::new(
+            vec![Slot::new()],
+            Rules {
+                max_batch: 500,
+                max_payload_bytes: 32_768,
+                max_age_days: 30,
+                hash_bucket_seconds: 60,
+            },
+            false,
+            Duration::from_secs(1),
+        )
+    }
+
+    fn event(id: &str, device: Option<&str>) -> serde_json::Value {
+        let mut e = serde_json::json!({
+            "eventId": id,
+            "eventType": "app.open",
+            "occurredAt": Utc::now().to_rfc3339(),
+            "payload": {}
+        });
+        if let Some(device) = device {
+            e["device_id"] = device.into();
+        }
+        e
+    }
+
+    #[test]
+    fn the_rate_limit_cost_counts_valid_events_only() {
+        let a = "6f1d2a8e-3b4c-4d5e-8f90-a1b2c3d4e5f6";
+        let b = "7f1d2a8e-3b4c-4d5e-8f90-a1b2c3d4e5f6";
+        let body = serde_json::json!({"events": [
+            event(a, Some("phone")),
+            event(a, Some("phone")),                        // in-batch repeat: still sent
+            event(b, Some("watch")),
+            event("not-a-uuid", Some("phone")),             // malformed: free
+            {"eventId": b, "eventType": "BAD", "occurredAt": "x", "payload": {}},
+            event("8f1d2a8e-3b4c-4d5e-8f90-a1b2c3d4e5f6", None), // no device
+        ]});
+        let batch = ingest()
+            .judge("u", &serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        assert_eq!(batch.valid_events(), 4);
+        let mut devices = batch.device_counts();
+        devices.sort_unstable();
+        assert_eq!(devices, vec![("phone", 2), ("watch", 1)]);
+    }
+}

@@ -36,6 +36,10 @@
 //! line). While down, each replica enforces the configured limits on its own, so N
 //! replicas let through up to N times the limit: degraded, never open. With `REDIS_URL`
 //! unset, memory is simply the store (and nothing is counted as a fallback).
+//!
+//! A charge whose call timed out as Redis failed may still reach Redis once it is back (the
+//! client had queued it): that bucket then holds a little less than it should. The error
+//! is bounded by the requests of that moment and always on the strict side.
 
 pub mod health;
 pub mod keys;
