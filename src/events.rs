@@ -53,16 +53,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
     let nats = match &settings.nats_url {
         None => None,
         Some(url) => {
-            let client = async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .client_capacity(16_384)
-                .connection_timeout(Duration::from_secs(2))
-                .reconnect_delay_callback(|attempt| {
-                    Duration::from_millis((50u64 << attempt.min(5)).min(1_000))
-                })
-                .connect(url.expose())
-                .await
-                .context("NATS_URL")?;
+            let client = connect_nats(url.expose()).await?;
             let mut js = jetstream::new(client.clone());
             js.set_timeout(Duration::from_secs(3));
             match tokio::time::timeout(
@@ -108,17 +99,21 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
             sweep_interval: Duration::from_secs(1),
             sweep_grace: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(3),
-            max_held_events: 200_000,
+            max_held_events: 50_000,
         },
         relay.clone(),
     )];
-    if let Some((_, js)) = &nats {
+    if let (Some(url), Some(_)) = (&settings.nats_url, &nats) {
+        // A connection of its own: behind the relay's publishes on a shared one, the
+        // aggregator's fetches and acks waited in the same queue.
+        let mut js = jetstream::new(connect_nats(url.expose()).await?);
+        js.set_timeout(Duration::from_secs(3));
         children.push(ChildSpec::actor(
             "aggregator",
             Aggregator,
             AggregatorArgs {
                 store: store.clone(),
-                jetstream: js.clone(),
+                jetstream: js,
                 stream: ev.stream.clone(),
                 consumer: ev.aggregator_consumer.clone(),
                 max_age_days: ev.max_age_days,
@@ -186,6 +181,20 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
         backlog,
         jetstream,
     })
+}
+
+/// A NATS connection that keeps trying (at start-up too) and queues up to 16k messages.
+async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .client_capacity(16_384)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((50u64 << attempt.min(5)).min(1_000))
+        })
+        .connect(url)
+        .await
+        .context("NATS_URL")
 }
 
 /// Publishing never makes the service unready (accepted events wait in the outbox, and

@@ -39,8 +39,17 @@ use crate::metric_names::OUTBOX_PENDING;
 pub enum RelayMsg {
     /// A batch a shard has just committed: publish it.
     Committed(CommittedBatch),
-    /// Publish what is held (the relay sends this to itself).
+    /// Start publishing what is held (the relay sends this to itself after a backoff).
     Flush,
+    /// A round of publishes ended (sent by the round's task): `rest` holds the batches
+    /// not fully acknowledged, with only their unacknowledged events.
+    RoundDone {
+        batch_ids: Vec<i64>,
+        /// Events acknowledged (they leave memory).
+        published: usize,
+        rest: Vec<CommittedBatch>,
+        error: Option<String>,
+    },
     /// Refresh the backlog gauge and publish batches left behind in the table (every
     /// `sweep_interval`, the relay sends this to itself).
     Sweep,
@@ -74,7 +83,8 @@ pub struct RelayArgs {
     pub sweep_grace: Duration,
     /// Bound of one round of publishes (and of each database call).
     pub publish_timeout: Duration,
-    /// Most events held in memory; beyond it, batches wait in the table for the sweeper.
+    /// Most events held in memory (waiting or being published); beyond it, batches wait in
+    /// the table for the sweeper.
     pub max_held_events: usize,
 }
 
@@ -83,16 +93,25 @@ pub struct OutboxRelay;
 
 pub struct RelayState {
     args: RelayArgs,
+    /// Committed batches waiting for a round.
     held: VecDeque<CommittedBatch>,
+    /// Events held in memory: waiting in `held` or in a round being published.
     held_events: usize,
-    flush_scheduled: bool,
+    /// Batches of the rounds being published (the sweeper leaves them alone).
+    in_flight: HashSet<i64>,
+    rounds_in_flight: usize,
+    retry_scheduled: bool,
     /// Consecutive failed rounds (drives the backoff); 0 when publishing works.
     failures: u32,
     stream_ready: bool,
 }
 
 /// Events published per round at most (bounds one round's time and memory).
-const ROUND_EVENTS: usize = 20_000;
+const ROUND_EVENTS: usize = 5_000;
+/// Rounds published at once. One round at a time left JetStream idle while its acks came
+/// back, and the relay fell behind ingestion (the table then held the backlog, and the
+/// sweeper read it back from the database); a few rounds in flight keep the pipe full.
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 impl Actor for OutboxRelay {
     type Msg = RelayMsg;
@@ -115,7 +134,9 @@ impl Actor for OutboxRelay {
             args,
             held: VecDeque::new(),
             held_events: 0,
-            flush_scheduled: false,
+            in_flight: HashSet::new(),
+            rounds_in_flight: 0,
+            retry_scheduled: false,
             failures: 0,
             stream_ready: false,
         })
@@ -138,19 +159,44 @@ impl Actor for OutboxRelay {
                 }
                 state.held_events += batch.events.len();
                 state.held.push_back(batch);
-                if !state.flush_scheduled && state.failures == 0 {
-                    state.flush_scheduled = true;
-                    myself.cast(RelayMsg::Flush)?;
+                if state.failures == 0 {
+                    start_rounds(&myself, state).await;
                 }
             }
             RelayMsg::Flush => {
-                state.flush_scheduled = false;
-                publish_held(state).await;
-                if state.failures > 0 {
+                state.retry_scheduled = false;
+                start_rounds(&myself, state).await;
+                if state.failures > 0 && state.rounds_in_flight == 0 {
                     schedule_retry(&myself, state);
-                } else if !state.held.is_empty() {
-                    state.flush_scheduled = true;
-                    myself.cast(RelayMsg::Flush)?;
+                }
+            }
+            RelayMsg::RoundDone {
+                batch_ids,
+                published,
+                rest,
+                error,
+            } => {
+                state.rounds_in_flight -= 1;
+                state.held_events -= published;
+                for id in &batch_ids {
+                    state.in_flight.remove(id);
+                }
+                for b in rest.into_iter().rev() {
+                    // Their events were counted in `held_events` all along.
+                    state.held.push_front(b);
+                }
+                match error {
+                    Some(err) => {
+                        note_failure(state, &err);
+                        schedule_retry(&myself, state);
+                    }
+                    None => {
+                        if state.failures > 0 {
+                            tracing::info!("publishing to JetStream resumed");
+                        }
+                        state.failures = 0;
+                        start_rounds(&myself, state).await;
+                    }
                 }
             }
             RelayMsg::Sweep => {
@@ -169,7 +215,7 @@ impl Actor for OutboxRelay {
     ) -> Result<(), ActorProcessingErr> {
         if state.args.jetstream.is_some() && !state.held.is_empty() {
             let held = state.held_events;
-            publish_held(state).await;
+            publish_held_once(state).await;
             tracing::info!(
                 events = held - state.held_events,
                 left_in_outbox = state.held_events,
@@ -181,39 +227,35 @@ impl Actor for OutboxRelay {
 }
 
 fn schedule_retry(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
-    if state.flush_scheduled {
+    if state.retry_scheduled {
         return;
     }
     let exp = state.failures.saturating_sub(1).min(6);
     let delay = Duration::from_millis(100 << exp).min(Duration::from_secs(5));
-    state.flush_scheduled = true;
+    state.retry_scheduled = true;
     myself.send_after(delay, || RelayMsg::Flush);
 }
 
-/// One round: publish (up to `ROUND_EVENTS` of) what is held, pipelined, then mark the
-/// completed batches published.
-async fn publish_held(state: &mut RelayState) {
-    let Some(js) = state.args.jetstream.clone() else {
-        return;
-    };
-    if !state.stream_ready {
-        match tokio::time::timeout(
-            state.args.publish_timeout,
-            ensure_stream(&js, &state.args.stream, state.args.max_age_days),
-        )
-        .await
-        {
-            Ok(Ok(())) => state.stream_ready = true,
-            Ok(Err(err)) => {
-                note_failure(state, &err.to_string());
-                return;
-            }
-            Err(_) => {
-                note_failure(state, "timed out ensuring the stream");
-                return;
-            }
-        }
+/// Makes sure the stream exists (once, and again after a failure).
+async fn stream_ready(state: &mut RelayState, js: &jetstream::Context) -> bool {
+    if state.stream_ready {
+        return true;
     }
+    match tokio::time::timeout(
+        state.args.publish_timeout,
+        ensure_stream(js, &state.args.stream, state.args.max_age_days),
+    )
+    .await
+    {
+        Ok(Ok(())) => state.stream_ready = true,
+        Ok(Err(err)) => note_failure(state, &err.to_string()),
+        Err(_) => note_failure(state, "timed out ensuring the stream"),
+    }
+    state.stream_ready
+}
+
+/// Takes the next round (up to `ROUND_EVENTS`) off the held queue.
+fn next_round(state: &mut RelayState) -> Vec<CommittedBatch> {
     let mut round: Vec<CommittedBatch> = Vec::new();
     let mut events = 0;
     while let Some(b) = state.held.front() {
@@ -223,34 +265,83 @@ async fn publish_held(state: &mut RelayState) {
         events += b.events.len();
         round.extend(state.held.pop_front());
     }
-    state.held_events -= events;
-    let (done, rest, error) = publish_round(&js, round, state.args.publish_timeout).await;
-    let done_ids: Vec<i64> = done.iter().map(|b| b.batch_id).collect();
-    if !done_ids.is_empty() {
-        let store = state.args.store.clone();
-        let timeout = state.args.publish_timeout;
-        // Marking is off the publishing path: if it fails, the sweeper republishes later
-        // (harmless) and marks then.
+    round
+}
+
+/// Starts rounds while there is something held and room in flight: all the room when
+/// publishing works, one probing round while it fails.
+async fn start_rounds(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
+    let Some(js) = state.args.jetstream.clone() else {
+        return;
+    };
+    let limit = if state.failures > 0 {
+        1
+    } else {
+        MAX_ROUNDS_IN_FLIGHT
+    };
+    while state.rounds_in_flight < limit && !state.held.is_empty() {
+        if !stream_ready(state, &js).await {
+            schedule_retry(myself, state);
+            return;
+        }
+        let round = next_round(state);
+        let batch_ids: Vec<i64> = round.iter().map(|b| b.batch_id).collect();
+        state.in_flight.extend(batch_ids.iter().copied());
+        state.rounds_in_flight += 1;
+        let (js, store, timeout, myself) = (
+            js.clone(),
+            state.args.store.clone(),
+            state.args.publish_timeout,
+            myself.clone(),
+        );
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, store.mark_published(&done_ids)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(error = %err, "could not mark batches published"),
-                Err(_) => tracing::warn!("marking batches published timed out"),
-            }
+            let events: usize = round.iter().map(|b| b.events.len()).sum();
+            let (done, rest, error) = publish_round(&js, round, timeout).await;
+            // Acknowledged events leave memory, including those of partly published batches.
+            let published = events - rest.iter().map(|b| b.events.len()).sum::<usize>();
+            mark_published(&store, &done, timeout).await;
+            let msg = RelayMsg::RoundDone {
+                batch_ids,
+                published,
+                rest,
+                error,
+            };
+            // The relay gone (stopping): what was not published stays in the table for
+            // the sweeper.
+            let _ = myself.cast(msg);
         });
     }
-    for b in rest.into_iter().rev() {
-        state.held_events += b.events.len();
-        state.held.push_front(b);
+}
+
+/// Records the fully acknowledged batches published. If it fails, the sweeper republishes
+/// them later (harmless) and marks them then.
+async fn mark_published(store: &EventStore, done: &[CommittedBatch], timeout: Duration) {
+    let ids: Vec<i64> = done.iter().map(|b| b.batch_id).collect();
+    if ids.is_empty() {
+        return;
     }
-    match error {
-        Some(err) => note_failure(state, &err),
-        None => {
-            if state.failures > 0 {
-                tracing::info!("publishing to JetStream resumed");
-            }
-            state.failures = 0;
-        }
+    match tokio::time::timeout(timeout, store.mark_published(&ids)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "could not mark batches published"),
+        Err(_) => tracing::warn!("marking batches published timed out"),
+    }
+}
+
+/// On stop: one bounded round of what is held, in this task.
+async fn publish_held_once(state: &mut RelayState) {
+    let Some(js) = state.args.jetstream.clone() else {
+        return;
+    };
+    if !stream_ready(state, &js).await {
+        return;
+    }
+    let round = next_round(state);
+    let events: usize = round.iter().map(|b| b.events.len()).sum();
+    let (done, rest, _) = publish_round(&js, round, state.args.publish_timeout).await;
+    mark_published(&state.args.store, &done, state.args.publish_timeout).await;
+    state.held_events -= events - rest.iter().map(|b| b.events.len()).sum::<usize>();
+    for b in rest.into_iter().rev() {
+        state.held.push_front(b);
     }
 }
 
@@ -358,7 +449,12 @@ async fn sweep(state: &mut RelayState) {
             _ => return,
         }
     }
-    let held: Vec<i64> = state.held.iter().map(|b| b.batch_id).collect();
+    let held: Vec<i64> = state
+        .held
+        .iter()
+        .map(|b| b.batch_id)
+        .chain(state.in_flight.iter().copied())
+        .collect();
     let older_than = Utc::now()
         - chrono::Duration::from_std(state.args.sweep_grace).unwrap_or(chrono::Duration::zero());
     let mut swept = 0usize;
