@@ -324,6 +324,26 @@ mod tests {
         judge_batch(body.to_string().as_bytes(), "u1", &rules(), now())
     }
 
+    #[test]
+    fn a_payload_nested_past_the_parser_limit_is_an_invalid_event() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"events":[{{"eventId":"8a1c2d3e-0000-4000-8000-000000000001","eventType":"app.open","occurredAt":"2026-12-04T11:59:00Z","payload":{{"a":{}1{}}}}}]}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        let big = Rules {
+            max_payload_bytes: 1 << 20,
+            ..rules()
+        };
+        let judged = judge_batch(deep(120).as_bytes(), "u1", &big, now()).unwrap();
+        assert!(matches!(judged[0], Judged::Valid(_)), "{judged:?}");
+        // serde_json's parser stops at 128 levels (its guard against stack exhaustion).
+        let judged = judge_batch(deep(200).as_bytes(), "u1", &big, now()).unwrap();
+        assert_eq!(reason(&judged[0]), Some(RejectReason::InvalidEvent));
+    }
+
     fn reason(j: &Judged) -> Option<RejectReason> {
         match j {
             Judged::Rejected { reason, .. } => Some(*reason),
