@@ -194,8 +194,8 @@ def config_table(r):
     c = r.get("config")
     if not c:
         return NOT_MEASURED
-    title = {"direct": "emulator direct (200)", "sidecar-200": "sidecar, no If-None-Match (200)",
-             "sidecar-304": "sidecar, If-None-Match: ETag (304)"}
+    title = {"direct": "emulator direct (200)", "sidecar200": "sidecar, no If-None-Match (200)",
+             "sidecar304": "sidecar, If-None-Match: ETag (304)"}
     direct = {x["concurrency"]: x["requests_per_s"] for x in c["rows"] if x["target"] == "direct"}
     rows = [[title[x["target"]], x["concurrency"]] + [ms(get(x, "latency", k)) for _, k in PCTS]
             + [num(x["requests_per_s"]), pct(x["requests_per_s"] / direct[x["concurrency"]])
@@ -371,7 +371,7 @@ def fig_latency(plt, r, path):
                   for x in w["rows"]]
         panels.append((groups, f"auth: {w['title']}"))
     if r.get("config"):
-        name = {"direct": "emulator direct", "sidecar-200": "sidecar 200", "sidecar-304": "sidecar 304"}
+        name = {"direct": "emulator direct", "sidecar200": "sidecar 200", "sidecar304": "sidecar 304"}
         panels.append(([(f"{name[x['target']]}, c{x['concurrency']}", x["latency"]) for x in r["config"]["rows"]],
                        "GET /config"))
     if not panels:
