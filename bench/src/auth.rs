@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::load::{self, Recorder, RunResult, Samples};
+use crate::report::{self, Latency, Meta};
 
-#[derive(Args)]
+#[derive(Args, Serialize)]
 pub struct AuthArgs {
     /// Seconds measured per run.
     #[arg(long, default_value_t = 10.0)]
@@ -38,10 +40,53 @@ pub struct AuthArgs {
     /// Workloads to run.
     #[arg(long, value_enum, num_args = 1.., default_values_t = [Workload::LoginRefresh, Workload::RejectedVerify])]
     workload: Vec<Workload>,
+    /// Also write the figures as one JSON object to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// `bench auth --json`.
+#[derive(Serialize)]
+struct AuthReport {
+    meta: Meta,
+    config: Value,
+    workloads: Vec<WorkloadFigures>,
+}
+
+/// One workload: four rows (direct and sidecar at 1 and at `--concurrency`), merged over
+/// the rounds, and the two figures the targets are about.
+#[derive(Serialize)]
+struct WorkloadFigures {
+    workload: Workload,
+    title: &'static str,
+    rows: Vec<Row>,
+    /// Sidecar p50 minus direct p50 at concurrency 1, all requests, ms.
+    added_p50_ms: Option<f64>,
+    /// The same per request kind (`login`, `refresh`, `verify`).
+    added_p50_ms_by_kind: std::collections::BTreeMap<String, Option<f64>>,
+    /// Requests/s through the sidecar over direct, at `--concurrency`.
+    throughput_ratio: Option<f64>,
+    /// Per round, at `--concurrency`: sidecar over direct (the noise between rounds).
+    throughput_ratio_by_round: Vec<Option<f64>>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    /// `direct` (the emulator) or `sidecar`.
+    target: &'static str,
+    concurrency: usize,
+    requests_per_s: f64,
+    requests: usize,
+    errors: u64,
+    seconds: f64,
+    /// All requests of the row.
+    latency: Latency,
+    by_kind: std::collections::BTreeMap<String, Latency>,
 }
 
 /// What each iteration of the load loop does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// One login, then one refresh with the pair it returned (the contract's target).
     LoginRefresh,
@@ -175,6 +220,11 @@ pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
     let sidecar_url = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
 
+    let mut figures = AuthReport {
+        meta: Meta::start("auth"),
+        config: report::config_of(&args),
+        workloads: Vec::new(),
+    };
     let cn = args.concurrency;
     for &workload in &args.workload {
         let mut runs: [Vec<RunResult>; 4] = Default::default();
@@ -194,15 +244,24 @@ pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
             );
         }
         println!("### {}\n", workload.title());
-        report(cn, &runs);
+        let mut workload_figures = report(cn, &runs);
+        workload_figures.workload = workload;
+        workload_figures.title = workload.title();
+        workload_figures.throughput_ratio_by_round = runs[2]
+            .iter()
+            .zip(&runs[3])
+            .map(|(d, s)| report::ratio(Some(s.throughput()), Some(d.throughput())))
+            .collect();
+        figures.workloads.push(workload_figures);
         println!();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    figures.meta.finish();
+    report::write(args.json.as_deref(), &figures)
 }
 
 /// Merges the rounds of one configuration.
-fn merge(runs: &[RunResult]) -> RunResult {
+pub(crate) fn merge(runs: &[RunResult]) -> RunResult {
     let mut samples: Vec<(String, Samples)> = Vec::new();
     let mut errors = 0;
     let mut elapsed = Duration::ZERO;
@@ -231,8 +290,8 @@ fn kind(r: &RunResult, name: &str) -> Samples {
         .unwrap_or_default()
 }
 
-/// A Markdown table and the two figures the targets are about.
-fn report(cn: usize, runs: &[Vec<RunResult>; 4]) {
+/// A Markdown table and the two figures the targets are about (printed and returned).
+fn report(cn: usize, runs: &[Vec<RunResult>; 4]) -> WorkloadFigures {
     let rows = [
         ("emulator direct", 1, merge(&runs[0])),
         ("through sidecar", 1, merge(&runs[1])),
@@ -284,4 +343,36 @@ fn report(cn: usize, runs: &[Vec<RunResult>; 4]) {
         rows[2].2.throughput(),
         100.0 * rows[3].2.throughput() / rows[2].2.throughput()
     );
+    let finite = |x: f64| x.is_finite().then_some(x);
+    WorkloadFigures {
+        workload: Workload::LoginRefresh,
+        title: "",
+        rows: rows
+            .iter()
+            .map(|(name, c, r)| Row {
+                target: if name.starts_with("emulator") {
+                    "direct"
+                } else {
+                    "sidecar"
+                },
+                concurrency: *c,
+                requests_per_s: r.throughput(),
+                requests: r.requests(),
+                errors: r.errors,
+                seconds: r.elapsed.as_secs_f64(),
+                latency: Latency::of(&r.all()),
+                by_kind: kinds
+                    .iter()
+                    .map(|k| (k.clone(), Latency::of(&kind(r, k))))
+                    .collect(),
+            })
+            .collect(),
+        added_p50_ms: finite(all_added),
+        added_p50_ms_by_kind: kinds
+            .iter()
+            .map(|k| (k.clone(), finite(added(k))))
+            .collect(),
+        throughput_ratio: report::ratio(Some(rows[3].2.throughput()), Some(rows[2].2.throughput())),
+        throughput_ratio_by_round: Vec::new(),
+    }
 }

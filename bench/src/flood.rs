@@ -21,6 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::json;
 use sidecar::app::{Application, Overrides};
 use sidecar::settings::Settings;
@@ -28,8 +29,9 @@ use tokio::time::MissedTickBehavior;
 
 use crate::ingest::{create_db, db_url, drop_db, start_nats, BenchAuthenticator};
 use crate::load::Samples;
+use crate::report::{self, Latency, Meta};
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct Args {
     /// Seconds per phase (each round has a baseline and a flood phase).
     #[arg(long, default_value_t = 15)]
@@ -62,6 +64,62 @@ pub struct Args {
     /// Redis holding the shared buckets (keys under a fresh prefix).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// Also write the figures as one JSON object to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// `bench flood --json`.
+#[derive(Serialize)]
+struct FloodReport {
+    meta: Meta,
+    config: serde_json::Value,
+    good_rps: f64,
+    good_events_per_s: f64,
+    flood_rps: f64,
+    flood_offered_events_per_s: f64,
+    user_limit_per_s: f64,
+    /// The well-behaved user: `alone`, `burst` (first `--settle` s of each flood), `steady`.
+    phases: Vec<FloodPhase>,
+    /// Good p99 under steady flood over good p99 alone (the claim: at most 2).
+    p99_ratio: Option<f64>,
+    within_2x: Option<bool>,
+    rounds: Vec<FloodRound>,
+    flooder: Flooder,
+}
+
+#[derive(Serialize)]
+struct FloodPhase {
+    phase: &'static str,
+    requests: usize,
+    /// Answers that were neither 200 (errors, and 429s of the well-behaved user).
+    errors: u64,
+    p95_ms: Option<f64>,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct FloodRound {
+    round: u32,
+    good_p99_alone_ms: Option<f64>,
+    good_p99_burst_ms: Option<f64>,
+    good_p99_steady_ms: Option<f64>,
+    flooder_ok: usize,
+    flooder_limited: usize,
+    flooder_errors: u64,
+}
+
+#[derive(Serialize)]
+struct Flooder {
+    answered_200: usize,
+    accepted_events_per_s: f64,
+    answered_429: usize,
+    errors: u64,
+    limited_latency: Latency,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 /// What one open-loop sender saw.
@@ -97,6 +155,8 @@ async fn run_phases(
     nats_url: &str,
     limit: actors::token_bucket::Limit,
 ) -> anyhow::Result<()> {
+    let meta = Meta::start("flood");
+    let mut rounds = Vec::new();
     let env: Vec<(String, String)> = vec![
         ("SIDECAR_BIND".into(), "127.0.0.1:0".into()),
         ("DATABASE_URL".into(), db_url.to_owned()),
@@ -170,6 +230,15 @@ async fn run_phases(
             flood.limited.len(),
             flood.errors
         );
+        rounds.push(FloodRound {
+            round,
+            good_p99_alone_ms: finite(alone.ok.quantile_ms(0.99)),
+            good_p99_burst_ms: finite(with_flood.early.quantile_ms(0.99)),
+            good_p99_steady_ms: finite(with_flood.ok.quantile_ms(0.99)),
+            flooder_ok: flood.ok.len() + flood.early.len(),
+            flooder_limited: flood.limited.len(),
+            flooder_errors: flood.errors,
+        });
         baseline.absorb(alone);
         flooded.absorb(with_flood);
         flooder.absorb(flood);
@@ -199,7 +268,15 @@ async fn run_phases(
             &flooded,
         ),
     ];
-    for (name, samples, t) in rows {
+    let mut phases = Vec::new();
+    for ((name, samples, t), phase) in rows.into_iter().zip(["alone", "burst", "steady"]) {
+        phases.push(FloodPhase {
+            phase,
+            requests: samples.len(),
+            errors: t.errors + t.limited.len() as u64,
+            p95_ms: finite(samples.quantile_ms(0.95)),
+            latency: Latency::of(samples),
+        });
         println!(
             "| {name} | {} | {} | {:.1} | {:.1} | {:.1} |",
             samples.len(),
@@ -234,7 +311,28 @@ async fn run_phases(
         flooder.limited.quantile_ms(0.99),
         flooder.errors
     );
-    Ok(())
+    let mut figures = FloodReport {
+        meta,
+        config: report::config_of(args),
+        good_rps: args.good_rps,
+        good_events_per_s: args.good_rps * args.good_batch as f64,
+        flood_rps,
+        flood_offered_events_per_s: offered,
+        user_limit_per_s: limit.rate_per_sec,
+        phases,
+        p99_ratio: finite(ratio),
+        within_2x: finite(ratio).map(|r| r <= 2.0),
+        rounds,
+        flooder: Flooder {
+            answered_200: flooder.ok.len() + flooder.early.len(),
+            accepted_events_per_s: flooder.accepted_events as f64 / secs,
+            answered_429: flooder.limited.len(),
+            errors: flooder.errors,
+            limited_latency: Latency::of(&flooder.limited),
+        },
+    };
+    figures.meta.finish();
+    report::write(args.json.as_deref(), &figures)
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {

@@ -25,7 +25,7 @@ use sidecar::http::problem::Problem;
 use sidecar::http::security::{Authenticator, Caller};
 use sidecar::settings::Settings;
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct Args {
     /// Events per request.
     #[arg(long, default_value_t = 100)]
@@ -61,6 +61,9 @@ pub struct Args {
     /// emulator's JWTs (to see what JWT verification costs).
     #[arg(long)]
     static_auth: bool,
+    /// Also write the figures as one JSON object to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 /// Benchmark-only: `bench-user:<id>` is user `<id>`.
@@ -307,6 +310,14 @@ struct Phase {
 }
 
 impl Phase {
+    fn figures(&self) -> crate::report::IngestPhase {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let latency = crate::report::Latency::of_sorted(&sorted, percentile);
+        let (r, a, d, e) = (self.requests, self.accepted, self.duplicates, self.errors);
+        crate::report::IngestPhase::new(r, a, d, e, self.elapsed, latency)
+    }
+
     fn report(&self, label: &str) {
         let mut sorted = self.latencies.clone();
         sorted.sort_unstable();
@@ -333,7 +344,10 @@ struct Pool {
 }
 
 fn body(args: &Args, pool: &Mutex<Pool>, n: u64) -> (Vec<u8>, usize) {
-    let dups = ((args.batch as f64) * args.duplicates).round() as usize;
+    // Dithered over requests, so that the share holds on average even when the batch is
+    // too small for it (batch 1 at 50%: every other request is a duplicate).
+    let dither = (n as f64 * 0.618_033_988_749_895).fract();
+    let dups = ((args.batch as f64) * args.duplicates + dither).floor() as usize;
     let pool = pool.lock().unwrap();
     let now = chrono::Utc::now().to_rfc3339();
     let mut out = String::with_capacity(args.batch * 200);
@@ -544,13 +558,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Result<()> {
     let mut pg_rate = None;
+    let mut report = crate::report::IngestReport::new(args);
     if !args.no_ceilings {
         let rate = pg_ceiling(args).await?;
         println!("raw PostgreSQL ceiling (same insert, {} rows/statement, {} connections): {rate:.0} rows/s", args.batch, args.concurrency);
         pg_rate = Some(rate);
+        report.pg_ceiling_before_rows_per_s = pg_rate;
         if let Some(nats) = nats {
             let rate = nats_ceiling(&nats.url, args).await?;
             println!("raw JetStream ceiling (Msg-Id, acks awaited, pipelined by {}): {rate:.0} messages/s", args.batch);
+            report.nats_ceiling_msgs_per_s = Some(rate);
         }
     }
     let mut env: Vec<(String, String)> = vec![
@@ -618,6 +635,7 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     };
     let _ = load(&base, &warm, token.as_deref(), pool.clone(), None).await;
     let peak = load(&base, args, token.as_deref(), pool.clone(), None).await;
+    report.peak = Some(peak.figures());
     peak.report(&format!(
         "sidecar peak (batch {}, concurrency {}, duplicates {:.0}%)",
         args.batch,
@@ -632,6 +650,10 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         // to catch up, and say how long that took (the pipeline's own capacity).
         let (left, drained) = wait_drained(&base, Duration::from_secs(300)).await;
         sustained_rps = drained.map(|t| peak.requests as f64 / (peak.elapsed + t).as_secs_f64());
+        report.backlog_after_peak = Some(left);
+        report.drain_seconds = drained.map(|t| t.as_secs_f64());
+        report.sustained_events_per_s =
+            drained.map(|t| peak.accepted as f64 / (peak.elapsed + t).as_secs_f64());
         match drained {
             Some(t) => println!(
                 "backlog when the load stopped: {left:.0} messages (outbox + aggregator lag), \
@@ -650,6 +672,7 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         // and compare with the mean of both.
         let after = pg_ceiling(args).await?;
         println!("raw PostgreSQL ceiling again, after the peak phase: {after:.0} rows/s");
+        report.pg_ceiling_after_rows_per_s = Some(after);
         let pg = (before + after) / 2.0;
         let accepted = peak.accepted as f64 / peak.elapsed.as_secs_f64();
         println!(
@@ -661,6 +684,8 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         let rate = 0.8 * peak.requests as f64 / peak.elapsed.as_secs_f64();
         let at80 = load(&base, args, token.as_deref(), pool.clone(), Some(rate)).await;
         at80.report(&format!("sidecar at 80% of peak ({rate:.0} requests/s)"));
+        report.at_80_percent = Some(at80.figures());
+        report.at_80_percent_offered_requests_per_s = Some(rate);
         if let Some(sustained) = sustained_rps {
             // The same, at 80% of what the whole pipeline sustains, from a drained start.
             wait_drained(&base, Duration::from_secs(300)).await;
@@ -669,6 +694,8 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
             at80.report(&format!(
                 "sidecar at 80% of the end-to-end sustained rate ({rate:.0} requests/s)"
             ));
+            report.at_80_percent_sustained = Some(at80.figures());
+            report.at_80_percent_sustained_offered_requests_per_s = Some(rate);
         }
     }
     println!(
@@ -678,5 +705,6 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
     drop(emulator);
-    Ok(())
+    report.peak_rss_mb = Some(rss_mb());
+    report.finish(args.json.as_deref())
 }

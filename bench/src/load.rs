@@ -34,6 +34,21 @@ impl Samples {
         let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
         sorted[rank - 1] as f64 / 1000.0
     }
+
+    /// Several quantiles (0..=1) in milliseconds, nearest-rank, sorting once.
+    pub fn quantiles_ms(&self, qs: &[f64]) -> Vec<f64> {
+        let mut sorted = self.micros.clone();
+        sorted.sort_unstable();
+        qs.iter()
+            .map(|&q| {
+                if sorted.is_empty() {
+                    return f64::NAN;
+                }
+                let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+                sorted[rank - 1] as f64 / 1000.0
+            })
+            .collect()
+    }
 }
 
 /// What one run measured.

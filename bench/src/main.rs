@@ -8,6 +8,11 @@
 //! - `startup`: start-up time to ready and idle RSS of the release binary.
 //! - `flood`: a well-behaved user's latency while another user floods `/events` at 10x
 //!   its rate limit.
+//! - `config`: `GET /config` through the sidecar with and without `If-None-Match`, against
+//!   the emulator's own `/config`.
+//!
+//! Every subcommand takes `--json <PATH>` and writes there one JSON object with the figures
+//! it prints (`report.rs`); `bench/run-all.sh` runs them all.
 
 /// The same allocator as the sidecar binary (its library runs in this process).
 /// mimalloc instead of glibc malloc: under load, malloc/free and their consolidation were a
@@ -16,9 +21,11 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod auth;
+mod config;
 mod flood;
 mod ingest;
 mod load;
+mod report;
 mod startup;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +47,8 @@ enum Command {
     Startup(startup::Args),
     /// A well-behaved user's p99 alone and while another user floods at 10x its limit.
     Flood(flood::Args),
+    /// GET /config through the sidecar (200 and 304) vs. the emulator's own /config.
+    Config(config::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
         Command::Startup(args) => runtime.block_on(startup::run(args)),
         Command::Flood(args) => runtime.block_on(flood::run(args)),
+        Command::Config(args) => runtime.block_on(config::run(args)),
     }
 }

@@ -8,8 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
-#[derive(clap::Args, Debug, Clone)]
+use crate::report::{self, Meta};
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct Args {
     /// The sidecar binary to measure.
     #[arg(long, default_value = "target/release/sidecar")]
@@ -20,9 +23,41 @@ pub struct Args {
     /// Also measure on this PostgreSQL database URL.
     #[arg(long)]
     postgres: Option<String>,
+    /// Also write the figures as one JSON object to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// `bench startup --json`.
+#[derive(Serialize)]
+struct StartupReport {
+    meta: Meta,
+    config: serde_json::Value,
+    /// Size of the binary measured, bytes.
+    binary_bytes: Option<u64>,
+    stores: Vec<StoreFigures>,
+}
+
+/// One store's starts.
+#[derive(Serialize)]
+struct StoreFigures {
+    store: &'static str,
+    /// Median, exec to the first `/health/ready` 200.
+    startup_ms: f64,
+    /// Median VmRSS two seconds after ready, MiB.
+    idle_rss_mib: f64,
+    /// Every start, in order of size.
+    startup_ms_all: Vec<f64>,
+    idle_rss_mib_all: Vec<f64>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut report = StartupReport {
+        meta: Meta::start("startup"),
+        config: report::config_of(&args),
+        binary_bytes: std::fs::metadata(&args.binary).ok().map(|m| m.len()),
+        stores: Vec::new(),
+    };
     println!(
         "| store | start-up to ready (median of {}) | idle RSS (median) |",
         args.runs
@@ -42,13 +77,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         starts.sort();
         rss.sort();
+        let figures = StoreFigures {
+            store: name,
+            startup_ms: starts[starts.len() / 2].as_secs_f64() * 1000.0,
+            idle_rss_mib: rss[rss.len() / 2] as f64 / 1024.0,
+            startup_ms_all: starts.iter().map(|d| d.as_secs_f64() * 1000.0).collect(),
+            idle_rss_mib_all: rss.iter().map(|&k| k as f64 / 1024.0).collect(),
+        };
         println!(
             "| {name} | {:.0} ms | {:.1} MiB |",
-            starts[starts.len() / 2].as_secs_f64() * 1000.0,
-            rss[rss.len() / 2] as f64 / 1024.0
+            figures.startup_ms, figures.idle_rss_mib
         );
+        report.stores.push(figures);
     }
-    Ok(())
+    report.meta.finish();
+    report::write(args.json.as_deref(), &report)
 }
 
 fn measure_once(binary: &str, database_url: Option<&str>) -> anyhow::Result<(Duration, u64)> {
