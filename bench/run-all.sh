@@ -69,8 +69,8 @@ add() { stages+=("$1|$2|$3"); }
 add startup $((startup_runs * 2 * 3 + 5)) "start-up time and idle memory (SQLite, PostgreSQL)"
 for b in 1 100 500; do
   for d in 0 50; do
-    # ceilings before and after, JetStream, warm-up, peak, 80% of peak: 5 phases + setup
-    add "ingest-b$b-d$d" $((5 * ingest_s + 8)) "ingest batch $b, $d% duplicates"
+    # ceilings before and after, JetStream, warm-up, peak, drain, 80% of peak, 80% of sustained
+    add "ingest-b$b-d$d" $((7 * ingest_s + 20)) "ingest batch $b, $d% duplicates"
   done
 done
 n_sweep=$(wc -w <<<"$sweep_c")
