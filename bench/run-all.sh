@@ -188,7 +188,8 @@ stage_ingest() { # batch duplicates% concurrency
   local dup
   dup=$(awk "BEGIN{print $2/100}")
   "$bench" ingest --batch "$1" --concurrency "$3" --duplicates "$dup" --seconds "$ingest_s" \
-    --postgres "$pg_admin" --json "$results/ingest-b$1-d$2.json"
+    --postgres "$pg_admin" --sidecar-binary "$target_dir/release/sidecar" \
+    --json "$results/ingest-b$1-d$2.json"
 }
 
 stage_sweep() {
@@ -196,7 +197,8 @@ stage_sweep() {
   for c in $sweep_c; do
     echo "=== concurrency $c"
     "$bench" ingest --batch 100 --concurrency "$c" --seconds "$sweep_s" --no-latency-phase \
-      --no-ceilings --postgres "$pg_admin" --json "$results/sweep-c$c.json" || rc=1
+      --no-ceilings --postgres "$pg_admin" --sidecar-binary "$target_dir/release/sidecar" \
+      --json "$results/sweep-c$c.json" || rc=1
   done
   return $rc
 }

@@ -61,6 +61,10 @@ pub struct Args {
     /// emulator's JWTs (to see what JWT verification costs).
     #[arg(long)]
     static_auth: bool,
+    /// Run this sidecar binary as a process of its own (instead of the library in this
+    /// process), so that its memory is measured alone; not with `--static-auth`.
+    #[arg(long)]
+    sidecar_binary: Option<String>,
     /// Also write the figures as one JSON object to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -161,7 +165,12 @@ pub(crate) async fn drop_db(admin: &str, name: &str) {
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    vm_hwm_mb("/proc/self/status").unwrap_or(0.0)
+}
+
+/// Peak resident memory (`VmHWM`) of a process, in MB.
+fn vm_hwm_mb(status: &str) -> Option<f64> {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -170,7 +179,6 @@ fn rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -504,6 +512,94 @@ async fn load(
     phase
 }
 
+/// The sidecar under test: the library in this process (as the binary builds it), or the
+/// release binary as a process of its own.
+struct Server {
+    base: String,
+    child: Option<Child>,
+    in_process: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<sidecar::app::ExitReason>>,
+    )>,
+}
+
+impl Server {
+    async fn in_process(env: Vec<(String, String)>, static_auth: bool) -> anyhow::Result<Server> {
+        let map = env.into_iter().collect();
+        let settings = Settings::from_map(&map)?;
+        let app = Application::build_with(
+            settings,
+            Overrides {
+                authenticator: static_auth.then(|| {
+                    Arc::new(BenchAuthenticator) as sidecar::http::security::SharedAuthenticator
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let base = format!("http://{}", app.local_addr());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        }));
+        Ok(Server {
+            base,
+            child: None,
+            in_process: Some((stop_tx, server)),
+        })
+    }
+
+    async fn process(binary: &str, env: Vec<(String, String)>) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let child = Command::new(binary)
+            .env_clear()
+            .envs(env)
+            // Allocator tuning passes through (e.g. MIMALLOC_PURGE_DELAY).
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")))
+            .env("SIDECAR_BIND", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let server = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            in_process: None,
+        };
+        for _ in 0..300 {
+            if let Ok(r) = reqwest::get(format!("{}/health/ready", server.base)).await {
+                if r.status() == 200 {
+                    return Ok(server);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{binary} did not become ready in 30 s")
+    }
+
+    /// Stops the sidecar; returns the peak RSS (MB) of its process when it had its own.
+    async fn stop(mut self) -> Option<f64> {
+        if let Some((stop_tx, server)) = self.in_process.take() {
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+        let mut child = self.child.take()?;
+        let rss = vm_hwm_mb(&format!("/proc/{}/status", child.id()));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return rss;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        rss
+    }
+}
+
 /// What the event path still has to do: the outbox backlog and the consumers' lag, read
 /// off the sidecar's own `/metrics` (refreshed every 0.5-1 s).
 async fn backlog(base: &str) -> Option<f64> {
@@ -526,16 +622,20 @@ async fn backlog(base: &str) -> Option<f64> {
 async fn wait_drained(base: &str, limit: Duration) -> (f64, Option<Duration>) {
     let started = Instant::now();
     let first = backlog(base).await.unwrap_or(0.0);
+    let mut quiet_since: Option<Duration> = None;
     let mut quiet_reads = 0;
     while started.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // Twice in a row, because the gauges are refreshed on their own clocks.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Several quiet reads in a row, because the gauges are refreshed on their own
+        // clocks (0.5-1 s); the drain took until the first of them.
         if backlog(base).await.unwrap_or(f64::MAX) < 1.0 {
+            let since = *quiet_since.get_or_insert(started.elapsed());
             quiet_reads += 1;
-            if quiet_reads == 3 {
-                return (first, Some(started.elapsed()));
+            if quiet_reads == 5 {
+                return (first, Some(since));
             }
         } else {
+            quiet_since = None;
             quiet_reads = 0;
         }
     }
@@ -610,23 +710,11 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         emulator = Some(handle);
         Some(access)
     };
-    let map = env.into_iter().collect();
-    let settings = Settings::from_map(&map)?;
-    let app = Application::build_with(
-        settings,
-        Overrides {
-            authenticator: token.is_none().then(|| {
-                Arc::new(BenchAuthenticator) as sidecar::http::security::SharedAuthenticator
-            }),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let base = format!("http://{}", app.local_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
+    let server = match (&args.sidecar_binary, token.is_some()) {
+        (Some(binary), true) => Server::process(binary, env).await?,
+        _ => Server::in_process(env, token.is_none()).await?,
+    };
+    let base = server.base.clone();
     let pool = Arc::new(Mutex::new(Pool::default()));
     // A short warm-up fills connection pools (and the duplicate pool).
     let warm = Args {
@@ -699,11 +787,18 @@ async fn run_phases(args: &Args, url: &str, nats: Option<&Nats>) -> anyhow::Resu
         }
     }
     println!(
-        "peak RSS of this process (sidecar + load generator): {:.0} MB",
+        "peak RSS of this process ({}): {:.0} MB",
+        if args.sidecar_binary.is_some() && token.is_some() {
+            "load generator + emulator"
+        } else {
+            "sidecar + load generator + emulator"
+        },
         rss_mb()
     );
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    if let Some(rss) = server.stop().await {
+        println!("peak RSS of the sidecar process alone: {rss:.0} MB");
+        report.sidecar_rss_mb = Some(rss);
+    }
     drop(emulator);
     report.peak_rss_mb = Some(rss_mb());
     report.finish(args.json.as_deref())

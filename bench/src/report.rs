@@ -215,6 +215,8 @@ pub struct IngestReport {
     pub vs_nats_ceiling: Option<f64>,
     /// VmHWM of the whole bench process (sidecar + load generator + emulator), MB.
     pub peak_rss_mb: Option<f64>,
+    /// VmHWM of the sidecar's own process, MB (with `--sidecar-binary`).
+    pub sidecar_rss_mb: Option<f64>,
 }
 
 impl IngestReport {
@@ -237,6 +239,7 @@ impl IngestReport {
             vs_pg_ceiling: None,
             vs_nats_ceiling: None,
             peak_rss_mb: None,
+            sidecar_rss_mb: None,
         }
     }
 
