@@ -1,11 +1,6 @@
 //! The `sidecar` binary: load settings, set up telemetry, build the application, serve until
 //! SIGTERM/SIGINT (exit 0) or a supervisor escalation (exit 1).
 
-/// mimalloc instead of glibc malloc: under load, malloc/free and their consolidation were a
-/// fifth of the sidecar's cycles, and glibc's per-thread arenas kept freed memory resident.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use sidecar::app::{Application, ExitReason};
 use sidecar::settings::Settings;
 

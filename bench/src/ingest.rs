@@ -554,8 +554,6 @@ impl Server {
         let child = Command::new(binary)
             .env_clear()
             .envs(env)
-            // Allocator tuning passes through (e.g. MIMALLOC_PURGE_DELAY).
-            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")))
             .env("SIDECAR_BIND", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -14,12 +14,6 @@
 //! Every subcommand takes `--json <PATH>` and writes there one JSON object with the figures
 //! it prints (`report.rs`); `bench/run-all.sh` runs them all.
 
-/// The same allocator as the sidecar binary (its library runs in this process).
-/// mimalloc instead of glibc malloc: under load, malloc/free and their consolidation were a
-/// fifth of the sidecar's cycles, and glibc's per-thread arenas kept freed memory resident.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod auth;
 mod config;
 mod flood;
