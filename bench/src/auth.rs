@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -199,24 +198,7 @@ pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
             url
         }
     };
-    let dir = std::env::temp_dir().join(format!("sidecar-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let env: std::collections::HashMap<String, String> = [
-        ("SIDECAR_BIND", "127.0.0.1:0".to_owned()),
-        ("APP_ENV", "prod".to_owned()),
-        ("DOTNET_BASE_URL", dotnet_url.clone()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/bench.db?mode=rwc", dir.display()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let settings = sidecar::settings::Settings::from_map(&env)?;
-    let app = sidecar::app::Application::build(settings)
-        .await
-        .context("the sidecar starts")?;
+    let (app, dir) = crate::embedded::sidecar_in_front_of(&dotnet_url, "auth").await?;
     let sidecar_url = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
 

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use sidecar::app::{Application, Overrides};
 
 use crate::auth::merge;
 use crate::load::{self, Recorder, RunResult};
@@ -141,24 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let meta = Meta::start("config");
     sidecar::telemetry::init_logs(sidecar::settings::AppEnv::Prod, std::io::sink);
     let emulator = emulator::Emulator::start(emulator::EmulatorConfig::default()).await?;
-    let dir = std::env::temp_dir().join(format!("sidecar-bench-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let env: std::collections::HashMap<String, String> = [
-        ("SIDECAR_BIND", "127.0.0.1:0".to_owned()),
-        ("APP_ENV", "prod".to_owned()),
-        ("DOTNET_BASE_URL", emulator.base_url()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/bench.db?mode=rwc", dir.display()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let settings = sidecar::settings::Settings::from_map(&env)?;
-    let app = Application::build_with(settings, Overrides::default())
-        .await
-        .context("the sidecar starts")?;
+    let (app, dir) = crate::embedded::sidecar_in_front_of(&emulator.base_url(), "config").await?;
     let urls = (emulator.base_url(), format!("http://{}", app.local_addr()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {

@@ -16,6 +16,7 @@
 
 mod auth;
 mod config;
+mod embedded;
 mod flood;
 mod ingest;
 mod load;
