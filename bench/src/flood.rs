@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
-use sidecar::app::{Application, Overrides};
-use sidecar::settings::Settings;
 use tokio::time::MissedTickBehavior;
 
-use crate::ingest::{create_db, db_url, drop_db, start_nats, BenchAuthenticator};
+use crate::ingest::{create_db, db_url, drop_db, start_nats};
 use crate::load::Samples;
 use crate::report::{self, Latency, Meta};
 
@@ -175,20 +173,8 @@ async fn run_phases(
         ("TRUSTED_PROXIES".into(), "127.0.0.1/32".into()),
         ("APP_ENV".into(), "prod".into()),
     ];
-    let settings = Settings::from_map(&env.into_iter().collect())?;
-    let app = Application::build_with(
-        settings,
-        Overrides {
-            authenticator: Some(Arc::new(BenchAuthenticator)),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let base = format!("http://{}", app.local_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
+    let server = crate::ingest::Server::in_process(env, true).await?;
+    let base = server.base.clone();
 
     let good = Sender {
         client: client()?,
@@ -243,8 +229,7 @@ async fn run_phases(
         flooded.absorb(with_flood);
         flooder.absorb(flood);
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    server.stop().await;
 
     let secs = (settle + phase).as_secs_f64() * f64::from(args.rounds);
     let offered = flood_rps * args.flood_batch as f64;

@@ -514,8 +514,8 @@ async fn load(
 
 /// The sidecar under test: the library in this process (as the binary builds it), or the
 /// release binary as a process of its own.
-struct Server {
-    base: String,
+pub(crate) struct Server {
+    pub(crate) base: String,
     child: Option<Child>,
     in_process: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -524,7 +524,10 @@ struct Server {
 }
 
 impl Server {
-    async fn in_process(env: Vec<(String, String)>, static_auth: bool) -> anyhow::Result<Server> {
+    pub(crate) async fn in_process(
+        env: Vec<(String, String)>,
+        static_auth: bool,
+    ) -> anyhow::Result<Server> {
         let map = env.into_iter().collect();
         let settings = Settings::from_map(&map)?;
         let app = Application::build_with(
@@ -576,7 +579,7 @@ impl Server {
     }
 
     /// Stops the sidecar; returns the peak RSS (MB) of its process when it had its own.
-    async fn stop(mut self) -> Option<f64> {
+    pub(crate) async fn stop(mut self) -> Option<f64> {
         if let Some((stop_tx, server)) = self.in_process.take() {
             let _ = stop_tx.send(());
             let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
