@@ -9,6 +9,7 @@ use actors::events::aggregator::{Aggregator, AggregatorArgs};
 use actors::events::id_cache::IdCache;
 use actors::events::ingest::EventIngest;
 use actors::events::janitor::{Janitor, JanitorArgs};
+use actors::events::publish::JetStreamLink;
 use actors::events::relay::{OutboxBacklog, OutboxRelay, RelayArgs};
 use actors::events::shard::{DedupeShard, ShardArgs};
 use actors::events::store::EventStore;
@@ -92,7 +93,9 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
         OutboxRelay,
         RelayArgs {
             store: store.clone(),
-            jetstream: nats.as_ref().map(|(_, js)| js.clone()),
+            jetstream: nats
+                .as_ref()
+                .map(|(client, js)| JetStreamLink::new(client.clone(), js.clone())),
             stream: ev.stream.clone(),
             max_age_days: ev.max_age_days,
             backlog: backlog.clone(),

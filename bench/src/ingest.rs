@@ -279,7 +279,11 @@ async fn nats_ceiling(url: &str, args: &Args) -> anyhow::Result<f64> {
                 let mut acks = Vec::with_capacity(batch);
                 for _ in 0..batch {
                     let r = row(&user);
-                    let publish = actors::events::stream::publish_of(&r, chrono::Utc::now());
+                    let received_at = actors::events::stream::timestamp(chrono::Utc::now());
+                    let (headers, payload) = actors::events::stream::message_of(&r, &received_at);
+                    let publish = jetstream::context::Publish::build()
+                        .headers(headers)
+                        .payload(payload);
                     acks.push(
                         js.send_publish(format!("raw.{name}.bench"), publish)
                             .await?,

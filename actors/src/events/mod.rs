@@ -14,7 +14,8 @@
 //! - [`validate`]: the pure judgement of a body (5.1, 12).
 //! - [`ingest`]: [`ingest::EventIngest`], the handle the HTTP layer calls.
 //! - [`shard`]: `DedupeShard`, group commit per slice of ids.
-//! - [`relay`]: `OutboxRelay`, publishing and the sweeper.
+//! - [`relay`]: `OutboxRelay`, publishing and the sweeper; [`publish`]: one round of
+//!   JetStream publishes and their acks.
 //! - [`aggregator`], [`janitor`]: the other actors of the path.
 //! - [`store`]: the SQL (PostgreSQL and SQLite); [`stream`]: the JetStream shapes;
 //!   [`id_cache`]: Redis; [`hash_window`]: the in-memory `eventIdAndHash` window.
@@ -38,6 +39,7 @@ pub mod hash_window;
 pub mod id_cache;
 pub mod ingest;
 pub mod janitor;
+pub mod publish;
 pub mod relay;
 pub mod shard;
 pub mod store;

@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::publish::{publish_round, JetStreamLink};
 use super::store::{CommittedBatch, EventStore};
-use super::stream::{ensure_stream, publish_of, subject};
+use super::stream::ensure_stream;
 use crate::metric_names::OUTBOX_PENDING;
 
 pub enum RelayMsg {
@@ -74,7 +74,7 @@ impl OutboxBacklog {
 pub struct RelayArgs {
     pub store: EventStore,
     /// `None` when `NATS_URL` is unset: publishing is off.
-    pub jetstream: Option<jetstream::Context>,
+    pub jetstream: Option<JetStreamLink>,
     pub stream: String,
     pub max_age_days: u32,
     pub backlog: OutboxBacklog,
@@ -237,13 +237,13 @@ fn schedule_retry(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
 }
 
 /// Makes sure the stream exists (once, and again after a failure).
-async fn stream_ready(state: &mut RelayState, js: &jetstream::Context) -> bool {
+async fn stream_ready(state: &mut RelayState, js: &JetStreamLink) -> bool {
     if state.stream_ready {
         return true;
     }
     match tokio::time::timeout(
         state.args.publish_timeout,
-        ensure_stream(js, &state.args.stream, state.args.max_age_days),
+        ensure_stream(&js.jetstream, &state.args.stream, state.args.max_age_days),
     )
     .await
     {
@@ -357,71 +357,6 @@ fn note_failure(state: &mut RelayState, error: &str) {
     state.stream_ready = false;
 }
 
-/// Publishes every event of `round` (all sends first, then all acks). Returns the batches
-/// fully acknowledged, the rest (with only their unacknowledged events), and the first
-/// error.
-pub async fn publish_round(
-    js: &jetstream::Context,
-    round: Vec<CommittedBatch>,
-    timeout: Duration,
-) -> (Vec<CommittedBatch>, Vec<CommittedBatch>, Option<String>) {
-    let mut error: Option<String> = None;
-    let mut pending = Vec::new();
-    let sends = async {
-        for (b, batch) in round.iter().enumerate() {
-            for (e, row) in batch.events.iter().enumerate() {
-                if e % 256 == 255 {
-                    // A long round must not hold a runtime worker from the HTTP requests.
-                    tokio::task::yield_now().await;
-                }
-                let publish = publish_of(row, batch.received_at);
-                match js.send_publish(subject(&row.event_type), publish).await {
-                    Ok(ack) => pending.push(((b, e), ack)),
-                    Err(err) => return Err(err.to_string()),
-                }
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(timeout, sends).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => error = Some(err),
-        Err(_) => error = Some("timed out sending publishes".to_owned()),
-    }
-    let mut acked: HashSet<(usize, usize)> = HashSet::with_capacity(pending.len());
-    let (positions, acks): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-    // Each ack future is bounded by the JetStream context's own timeout (no timer of ours
-    // per message: the profile showed them).
-    let acks =
-        futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
-    for (at, result) in positions.into_iter().zip(acks) {
-        match result {
-            Ok(_) => {
-                acked.insert(at);
-            }
-            Err(err) => {
-                error.get_or_insert_with(|| err.to_string());
-            }
-        }
-    }
-    let mut done = Vec::new();
-    let mut rest = Vec::new();
-    for (b, mut batch) in round.into_iter().enumerate() {
-        let mut e = 0;
-        batch.events.retain(|_| {
-            let keep = !acked.contains(&(b, e));
-            e += 1;
-            keep
-        });
-        if batch.events.is_empty() {
-            done.push(batch);
-        } else {
-            rest.push(batch);
-        }
-    }
-    (done, rest, error)
-}
-
 /// Refreshes the backlog gauge; publishes batches the table holds past the grace period.
 async fn sweep(state: &mut RelayState) {
     let store = state.args.store.clone();
@@ -441,7 +376,7 @@ async fn sweep(state: &mut RelayState) {
     if !state.stream_ready {
         match tokio::time::timeout(
             timeout,
-            ensure_stream(&js, &state.args.stream, state.args.max_age_days),
+            ensure_stream(&js.jetstream, &state.args.stream, state.args.max_age_days),
         )
         .await
         {
