@@ -13,6 +13,8 @@ use actors::config_cache::{
     BridgeConfigSource, ConfigCacheArgs, DbSnapshotStore, Freshness, CONFIG_SNAPSHOT_NAME,
 };
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
+
+use crate::background::Background;
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
@@ -65,6 +67,8 @@ pub struct Application {
     tree: SupervisorHealth,
     db: DatabaseConnection,
     abuse: AbuseControls,
+    /// The event path's background runtime; dropped last (after the actors stopped).
+    background: Background,
 }
 
 impl Application {
@@ -86,7 +90,8 @@ impl Application {
         // The config cache (contract 7), after the bridge it fetches through.
         let (config_spec, config_cache) =
             actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
-        let events = crate::events::build(&settings, &db).await?;
+        let background = Background::start().context("cannot start the background runtime")?;
+        let events = crate::events::build(&settings, &db, &background).await?;
         // The abuse controls of /events: the limiter, and the backpressure controller
         // watching the aggregator's lag (on the event path's JetStream) and the outbox.
         let (abuse, controller) = crate::abuse::build(
@@ -181,6 +186,7 @@ impl Application {
             tree,
             db,
             abuse,
+            background,
         })
     }
 
@@ -232,6 +238,7 @@ impl Application {
         }
         self.abuse.limiter.close().await;
         let _ = self.db.close().await;
+        drop(self.background);
         tracing::info!(?reason, "stopped");
         Ok(reason)
     }

@@ -21,6 +21,7 @@ use async_nats::jetstream;
 use futures::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 
+use crate::background::Background;
 use crate::readiness::{ProbeReport, ReadinessProbe};
 use crate::settings::{DedupeMode, Failpoint, Settings};
 
@@ -46,15 +47,35 @@ pub struct EventPath {
     pub jetstream: Option<jetstream::Context>,
 }
 
-pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<EventPath> {
+/// The event path's actors and handles; the relay, the aggregator and the janitor run on
+/// `background`, with connections opened there.
+pub async fn build(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    background: &Background,
+) -> anyhow::Result<EventPath> {
     let ev = &settings.events;
     let store = EventStore::from_connection(db).context("the events store")?;
+    let background_store = {
+        let settings = settings.clone();
+        match background
+            .run(async move { crate::store::connect_background(&settings).await })
+            .await?
+            .context("the durable store (DATABASE_URL) is unreachable")?
+        {
+            Some(db) => EventStore::from_connection(&db).context("the events store")?,
+            None => store.clone(),
+        }
+    };
+    let bg = background.handle();
     let retention = Duration::from_secs(u64::from(ev.max_age_days) * 86_400);
 
     let nats = match &settings.nats_url {
         None => None,
         Some(url) => {
-            let client = connect_nats(url.expose()).await?;
+            let client = background
+                .run(connect_nats(url.expose().to_owned()))
+                .await??;
             let mut js = jetstream::new(client.clone());
             js.set_timeout(Duration::from_secs(3));
             match tokio::time::timeout(
@@ -92,7 +113,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
         "outbox_relay",
         OutboxRelay,
         RelayArgs {
-            store: store.clone(),
+            store: background_store.clone(),
             jetstream: nats
                 .as_ref()
                 .map(|(client, js)| JetStreamLink::new(client.clone(), js.clone())),
@@ -105,41 +126,52 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
             max_held_events: 50_000,
         },
         relay.clone(),
-    )];
+    )
+    .on_runtime(bg.clone())];
     if let (Some(url), Some(_)) = (&settings.nats_url, &nats) {
         // A connection of its own: behind the relay's publishes on a shared one, the
         // aggregator's fetches and acks waited in the same queue.
-        let mut js = jetstream::new(connect_nats(url.expose()).await?);
+        let mut js = jetstream::new(
+            background
+                .run(connect_nats(url.expose().to_owned()))
+                .await??,
+        );
         js.set_timeout(Duration::from_secs(3));
-        children.push(ChildSpec::actor(
-            "aggregator",
-            Aggregator,
-            AggregatorArgs {
-                store: store.clone(),
-                jetstream: js,
-                stream: ev.stream.clone(),
-                consumer: ev.aggregator_consumer.clone(),
-                max_age_days: ev.max_age_days,
-                batch: 1_000,
-                fetch_wait: Duration::from_millis(500),
-                timeout: Duration::from_secs(5),
+        children.push(
+            ChildSpec::actor(
+                "aggregator",
+                Aggregator,
+                AggregatorArgs {
+                    store: background_store.clone(),
+                    jetstream: js,
+                    stream: ev.stream.clone(),
+                    consumer: ev.aggregator_consumer.clone(),
+                    max_age_days: ev.max_age_days,
+                    batch: 1_000,
+                    fetch_wait: Duration::from_millis(500),
+                    timeout: Duration::from_secs(5),
+                },
+                Slot::new(),
+            )
+            .on_runtime(bg.clone()),
+        );
+    }
+    children.push(
+        ChildSpec::actor(
+            "janitor",
+            Janitor,
+            JanitorArgs {
+                store: background_store,
+                retention,
+                interval: Duration::from_secs(60),
+                chunk: 1_000,
+                pause: Duration::from_millis(50),
+                timeout: Duration::from_secs(10),
             },
             Slot::new(),
-        ));
-    }
-    children.push(ChildSpec::actor(
-        "janitor",
-        Janitor,
-        JanitorArgs {
-            store: store.clone(),
-            retention,
-            interval: Duration::from_secs(60),
-            chunk: 1_000,
-            pause: Duration::from_millis(50),
-            timeout: Duration::from_secs(10),
-        },
-        Slot::new(),
-    ));
+        )
+        .on_runtime(bg),
+    );
     let by_hash = ev.dedupe_mode == DedupeMode::EventIdAndHash;
     let mut shards = Vec::with_capacity(ev.shards);
     for i in 0..ev.shards {
@@ -187,7 +219,7 @@ pub async fn build(settings: &Settings, db: &DatabaseConnection) -> anyhow::Resu
 }
 
 /// A NATS connection that keeps trying (at start-up too) and queues up to 16k messages.
-async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+async fn connect_nats(url: String) -> anyhow::Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .client_capacity(16_384)

@@ -23,6 +23,7 @@
 pub mod abuse;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod domain;
 pub mod events;
 pub mod http;

@@ -12,14 +12,33 @@ use crate::settings::Settings;
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
     let url = settings.database_url.expose();
     let sqlite = url.starts_with("sqlite:");
+    // SQLite serialises writers anyway; a few connections serve readers.
+    let db = Database::connect(options(url, if sqlite { (4, 1) } else { (32, 4) })).await?;
+    if settings.run_migrations {
+        migrate(&db, url, sqlite).await?;
+    }
+    Ok(db)
+}
+
+/// A small second pool for the background runtime (see [`crate::background`]), opened
+/// from it; `None` on SQLite, whose connections are driven by threads of their own rather
+/// than by a runtime, so the one pool serves both.
+pub async fn connect_background(settings: &Settings) -> Result<Option<DatabaseConnection>, DbErr> {
+    let url = settings.database_url.expose();
+    if url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    Ok(Some(Database::connect(options(url, (8, 2))).await?))
+}
+
+fn options(url: &str, (max, min): (u32, u32)) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
-        // SQLite serialises writers anyway; a few connections serve readers.
-        .max_connections(if sqlite { 4 } else { 32 })
-        .min_connections(if sqlite { 1 } else { 4 })
+        .max_connections(max)
+        .min_connections(min)
         // A ping before every statement is a round trip on the hot path (it showed in the
         // ingest profile); a broken connection fails its statement and is discarded.
         .test_before_acquire(false)
@@ -30,11 +49,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(Duration::from_secs(5))
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
         });
-    let db = Database::connect(options).await?;
-    if settings.run_migrations {
-        migrate(&db, url, sqlite).await?;
-    }
-    Ok(db)
+    options
 }
 
 /// An arbitrary, fixed key for the advisory lock that serialises migrations.

@@ -96,6 +96,27 @@ impl ChildSpec {
         })
     }
 
+    /// The same child, spawned (and respawned) on `runtime` instead of the supervisor's:
+    /// the actor's task, and every task it spawns, run there. The supervisor still links it
+    /// and hears of its end as usual.
+    pub fn on_runtime(self, runtime: tokio::runtime::Handle) -> Self {
+        let inner = self.start;
+        let name = self.name.clone();
+        let start = move |supervisor: ActorCell| -> StartFuture {
+            let spawned = runtime.spawn(inner(supervisor));
+            let name = name.clone();
+            Box::pin(async move {
+                spawned.await.map_err(|err| -> ActorProcessingErr {
+                    format!("starting {name} on its runtime failed: {err}").into()
+                })?
+            })
+        };
+        Self {
+            start: Box::new(start),
+            ..self
+        }
+    }
+
     /// The child's name.
     pub fn name(&self) -> &str {
         &self.name
