@@ -23,6 +23,8 @@ struct WorkerArgs {
     crash_on_start: Arc<AtomicUsize>,
     /// Whether `pre_start` fails (for start-up failures).
     refuse_to_start: bool,
+    /// The thread each incarnation started on (by name).
+    threads: Arc<Mutex<Vec<String>>>,
 }
 
 impl WorkerArgs {
@@ -69,6 +71,8 @@ impl Actor for Worker {
         if args.refuse_to_start {
             return Err("refusing to start".into());
         }
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        args.threads.lock().unwrap().push(thread);
         let mut starts = args.starts.lock().unwrap();
         starts.push(Instant::now());
         Ok(WorkerState {
@@ -170,6 +174,44 @@ async fn assert_restarted_after(kill: WorkerMsg) {
     tree.shutdown(ms(500)).await.unwrap();
     assert_eq!(health.tree_state(), TreeState::Stopped);
     assert_eq!(ping(&slot).await, Err(CallError::Unavailable));
+}
+
+/// A child placed on another runtime starts there, and its restart does too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_child_on_another_runtime_starts_and_restarts_there() {
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("other-runtime")
+        .enable_all()
+        .build()
+        .unwrap();
+    let args = WorkerArgs::default();
+    let slot = Slot::new();
+    let (tree, health) = Supervisor::builder()
+        .backoff(ms(10), ms(100))
+        .child(
+            ChildSpec::actor("worker", Worker, args.clone(), slot.clone())
+                .on_runtime(other.handle().clone()),
+        )
+        .start()
+        .await
+        .expect("the tree starts");
+    assert_eq!(ping(&slot).await, Ok(1));
+    slot.cast(WorkerMsg::Panic).unwrap();
+    for _ in 0..200 {
+        if ping(&slot).await == Ok(2) {
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(ping(&slot).await, Ok(2));
+    assert_eq!(health.restarts("worker"), Some(1));
+    assert_eq!(
+        *args.threads.lock().unwrap(),
+        vec!["other-runtime".to_owned(), "other-runtime".to_owned()]
+    );
+    tree.shutdown(ms(500)).await.unwrap();
+    other.shutdown_background();
 }
 
 #[tokio::test(start_paused = true)]
