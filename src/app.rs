@@ -90,7 +90,8 @@ impl Application {
         // The config cache (contract 7), after the bridge it fetches through.
         let (config_spec, config_cache) =
             actors::config_cache::child_spec(config_cache_args(&settings, &db, &bridge));
-        let background = Background::start().context("cannot start the background runtime")?;
+        let background = Background::start(settings.events.pipeline_nice)
+            .context("cannot start the background runtime")?;
         let events = crate::events::build(&settings, &db, &background).await?;
         // The abuse controls of /events: the limiter, and the backpressure controller
         // watching the aggregator's lag (on the event path's JetStream) and the outbox.

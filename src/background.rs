@@ -3,15 +3,21 @@
 //!
 //! Why: under a burst of `POST /events` the relay and the aggregator always have work (the
 //! outbox, the consumer lag), and on the request path's runtime they took about half of
-//! the sidecar's cycles (profile in BENCHMARKS.md). On one worker thread of their own they
-//! can never take more than one core from the requests, and their NATS connections and
-//! database pool are driven there too. Measured side by side (batch 100, 16 clients, three
-//! runs each): the same peak, and the end-to-end sustained rate 37.8k → 39.9k events/s.
-//! (Running that thread at a lower CPU priority was tried too: +4% peak, −10% sustained,
-//! since the JetStream server it feeds is most of the pipeline's cost; not kept.)
+//! the sidecar's cycles (profile in BENCHMARKS.md). Here they get one worker thread of their
+//! own, at a lower CPU priority (`EVENT_PIPELINE_NICE`, nice 10 by default): requests are
+//! served first, the outbox absorbs a burst, and when it ends the background takes the idle
+//! CPU and drains it. Backpressure (429 when the consumers lag past `BACKPRESSURE_*`)
+//! bounds what a burst may leave behind, so a load the pipeline cannot sustain is still
+//! refused rather than queued without end.
+//!
+//! Measured side by side (BENCHMARKS.md, "Where the time goes"): at batch 1 this is what
+//! lifts the request rate (the same runtime: 5.4k events/s; own thread at nice 0: 4.7-4.9k,
+//! the thread hopping costs; at nice 10: 5.9-6.1k); at batch 100 the peak gains a few per
+//! cent and the end-to-end sustained rate gives up about as much.
 //!
 //! Connections are opened on this runtime (NATS, and on PostgreSQL a small pool of its
-//! own), so that request tasks and background tasks never share a socket across runtimes.
+//! own), so that a request never waits on a socket whose readiness only this thread
+//! would notice.
 
 use std::future::Future;
 
@@ -22,13 +28,14 @@ pub struct Background {
 }
 
 impl Background {
-    /// One worker thread, named `sidecar-bg`.
-    pub fn start() -> std::io::Result<Self> {
+    /// One worker thread named `sidecar-bg`, at `nice` (0: the request path's priority).
+    pub fn start(nice: u32) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(4)
             .thread_name("sidecar-bg")
             .enable_all()
+            .on_thread_start(move || lower_priority(nice))
             .build()?;
         Ok(Self {
             runtime: Some(runtime),
@@ -62,4 +69,23 @@ impl Drop for Background {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Lowers the calling thread's CPU priority (on Linux, nice is per thread). Raising one's
+/// own nice needs no privilege; should it fail, the thread keeps the normal priority,
+/// which is only slower.
+fn lower_priority(nice: u32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: two syscalls about the calling thread; no memory is shared with them.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice as libc::c_int)
+        };
+        if rc != 0 {
+            tracing::debug!("could not lower the background thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }

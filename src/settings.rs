@@ -128,6 +128,9 @@ pub struct EventSettings {
     pub shard_flushes: usize,
     /// Durable consumer name of the aggregator (`AGGREGATOR_CONSUMER`).
     pub aggregator_consumer: String,
+    /// CPU niceness of the background runtime's thread (relay, aggregator, janitor):
+    /// `EVENT_PIPELINE_NICE`, ours, 0..=19, default 10; 0 runs it at the requests' priority.
+    pub pipeline_nice: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +261,7 @@ impl Settings {
                 shards: env.positive("EVENT_SHARDS", 4)?,
                 shard_flushes: env.positive("EVENT_SHARD_FLUSHES", 2)?,
                 aggregator_consumer: env.string("AGGREGATOR_CONSUMER", "aggregator"),
+                pipeline_nice: env.nice("EVENT_PIPELINE_NICE", 10)?,
             },
             rate_limits: RateLimitSettings {
                 user: env.parse(
@@ -386,6 +390,16 @@ impl Env<'_> {
                 &value.to_string(),
                 &format!("a whole number from 1 to {max}"),
             ));
+        }
+        Ok(value)
+    }
+
+    /// A CPU niceness, 0..=19.
+    fn nice(&self, name: &'static str, default: u32) -> Result<u32, SettingsError> {
+        let expected = "a whole number from 0 to 19";
+        let value: u32 = self.parse(name, default, expected)?;
+        if value > 19 {
+            return Err(self.error(name, &value.to_string(), expected));
         }
         Ok(value)
     }
@@ -566,6 +580,17 @@ mod tests {
             assert_eq!(err.variable, var);
             assert!(err.to_string().contains(var), "{err}");
             assert!(err.to_string().contains("expected"), "{err}");
+        }
+    }
+
+    #[test]
+    fn pipeline_nice_is_a_niceness() {
+        assert_eq!(settings(&[]).unwrap().events.pipeline_nice, 10);
+        let zero = settings(&[("EVENT_PIPELINE_NICE", "0")]).unwrap();
+        assert_eq!(zero.events.pipeline_nice, 0);
+        for bad in ["20", "-1", "high"] {
+            let err = settings(&[("EVENT_PIPELINE_NICE", bad)]).unwrap_err();
+            assert!(err.to_string().contains("EVENT_PIPELINE_NICE"), "{err}");
         }
     }
 

@@ -206,6 +206,11 @@ impl TestAppBuilder {
             env.entry(scope.into())
                 .or_insert_with(|| "1000000/s:1000000".into());
         }
+        // Dozens of services share this process and its two cores: a lower priority for
+        // their background threads would only starve one test's relay and janitor behind
+        // other tests' requests (a janitor test timed out so).
+        env.entry("EVENT_PIPELINE_NICE".into())
+            .or_insert_with(|| "0".into());
         let tempdir = tempdir();
         let mut fresh_db = None;
         let url = match (self.database_url, self.store) {

@@ -97,6 +97,8 @@ pub struct RelayState {
     held: VecDeque<CommittedBatch>,
     /// Events held in memory: waiting in `held` or in a round being published.
     held_events: usize,
+    /// Of those, the events waiting in `held` (not in a round).
+    queued_events: usize,
     /// Batches of the rounds being published (the sweeper leaves them alone).
     in_flight: HashSet<i64>,
     rounds_in_flight: usize,
@@ -112,6 +114,9 @@ const ROUND_EVENTS: usize = 5_000;
 /// back, and the relay fell behind ingestion (the table then held the backlog, and the
 /// sweeper read it back from the database); a few rounds in flight keep the pipe full.
 const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+/// Events that must be waiting before a second (third, fourth) round starts beside one in
+/// flight.
+const EXTRA_ROUND_EVENTS: usize = 1_000;
 
 impl Actor for OutboxRelay {
     type Msg = RelayMsg;
@@ -134,6 +139,7 @@ impl Actor for OutboxRelay {
             args,
             held: VecDeque::new(),
             held_events: 0,
+            queued_events: 0,
             in_flight: HashSet::new(),
             rounds_in_flight: 0,
             retry_scheduled: false,
@@ -158,6 +164,7 @@ impl Actor for OutboxRelay {
                     return Ok(());
                 }
                 state.held_events += batch.events.len();
+                state.queued_events += batch.events.len();
                 state.held.push_back(batch);
                 if state.failures == 0 {
                     start_rounds(&myself, state).await;
@@ -183,6 +190,7 @@ impl Actor for OutboxRelay {
                 }
                 for b in rest.into_iter().rev() {
                     // Their events were counted in `held_events` all along.
+                    state.queued_events += b.events.len();
                     state.held.push_front(b);
                 }
                 match error {
@@ -265,6 +273,7 @@ fn next_round(state: &mut RelayState) -> Vec<CommittedBatch> {
         events += b.events.len();
         round.extend(state.held.pop_front());
     }
+    state.queued_events -= events;
     round
 }
 
@@ -280,6 +289,14 @@ async fn start_rounds(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
         MAX_ROUNDS_IN_FLIGHT
     };
     while state.rounds_in_flight < limit && !state.held.is_empty() {
+        // A round starts at once when none is in flight, so a lone event is published
+        // without delay; further rounds only for a backlog. Under many small commits
+        // (batch 1) several tiny rounds in flight each paid a subscription and an UPDATE
+        // for a handful of events; now the commits that arrive during a round go out
+        // together in the next.
+        if state.rounds_in_flight > 0 && state.queued_events < EXTRA_ROUND_EVENTS {
+            return;
+        }
         if !stream_ready(state, &js).await {
             schedule_retry(myself, state);
             return;
@@ -341,6 +358,7 @@ async fn publish_held_once(state: &mut RelayState) {
     mark_published(&state.args.store, &done, state.args.publish_timeout).await;
     state.held_events -= events - rest.iter().map(|b| b.events.len()).sum::<usize>();
     for b in rest.into_iter().rev() {
+        state.queued_events += b.events.len();
         state.held.push_front(b);
     }
 }
