@@ -13,8 +13,6 @@ use actors::config_cache::{
     BridgeConfigSource, ConfigCacheArgs, DbSnapshotStore, Freshness, CONFIG_SNAPSHOT_NAME,
 };
 use actors::supervisor::{ChildSpec, Supervisor, SupervisorHandle, SupervisorHealth};
-
-use crate::background::Background;
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use poem::Server;
@@ -22,6 +20,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::abuse::{AbuseControls, RateLimitProbe};
 use crate::auth::AuthService;
+use crate::background::Background;
 use crate::http::auth::AuthApi;
 use crate::http::config::ConfigApi;
 use crate::http::docs::{DocsApi, RenderedDocs};
