@@ -464,3 +464,47 @@ async fn janitor_removes_expired_published_events_only() {
     let (_, again) = post_events(&app, "hank", &batch(&unpublished)).await;
     assert_eq!(again["duplicates"], 5);
 }
+
+/// A round with more events than the client's ack channel holds (a sweeper round can send
+/// up to 200,000; the channel holds 65,536 by default, here 512) is acknowledged whole:
+/// the relay takes acks while it sends, instead of losing those that overflow.
+#[tokio::test]
+async fn a_round_larger_than_the_ack_channel_is_acknowledged_whole() {
+    use actors::events::publish::{publish_round, JetStreamLink};
+    use actors::events::store::{CommittedBatch, EventRow};
+
+    let nats = PrivateServer::nats().await;
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(512)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let (stream, _) = unique_names();
+    actors::events::stream::ensure_stream(&jetstream, &stream, 1)
+        .await
+        .unwrap();
+    let user: std::sync::Arc<str> = "u-round".into();
+    let batches: Vec<CommittedBatch> = (0..4)
+        .map(|b| CommittedBatch {
+            batch_id: b,
+            received_at: chrono::Utc::now(),
+            events: (0..1_000)
+                .map(|_| EventRow {
+                    event_id: uuid::Uuid::new_v4(),
+                    user_id: user.clone(),
+                    device_id: None,
+                    event_type: "app.open".into(),
+                    occurred_at: chrono::Utc::now(),
+                    event_hash: "00".repeat(32),
+                    payload: "{}".into(),
+                })
+                .collect(),
+        })
+        .collect();
+    let link = JetStreamLink::new(client, jetstream);
+    let (done, rest, error) = publish_round(&link, batches, Duration::from_secs(20)).await;
+    assert_eq!(error, None);
+    assert_eq!((done.len(), rest.len()), (4, 0));
+    assert!(wait_stream_len(&nats.url(), &stream, 4_000, Duration::from_secs(10)).await);
+}

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 
 use super::store::CommittedBatch;
@@ -68,31 +68,75 @@ fn judge_ack(message: &async_nats::Message) -> Result<usize, String> {
     }
 }
 
-/// Publishes every event of `round` (all sends first, then all acks, both within
-/// `timeout`). Returns the batches fully acknowledged, the rest (with only their
-/// unacknowledged events), and the first error.
+/// The acks of one round as they come in.
+struct Acks {
+    subscription: async_nats::Subscriber,
+    /// `acked[i]`: the i-th event of the round (batches in order) has its positive ack.
+    acked: Vec<bool>,
+    /// Publishes answered, positively or not.
+    answered: usize,
+    error: Option<String>,
+}
+
+impl Acks {
+    fn take(&mut self, message: &async_nats::Message) {
+        match judge_ack(message) {
+            Ok(i) if i < self.acked.len() => {
+                if !std::mem::replace(&mut self.acked[i], true) {
+                    self.answered += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.error.get_or_insert(err);
+                // An error answers its publish too: no need to wait for it.
+                self.answered += 1;
+            }
+        }
+    }
+
+    /// Takes the acks that have already arrived, without waiting: the subscription's
+    /// channel is bounded (async-nats drops what overflows it), and a sweeper round can
+    /// send more events than it holds.
+    fn take_ready(&mut self) {
+        while let Some(Some(message)) = self.subscription.next().now_or_never() {
+            self.take(&message);
+        }
+    }
+}
+
+/// Publishes every event of `round` (all sends first, then the acks still missing, each
+/// phase within `timeout`). Returns the batches fully acknowledged, the rest (with only
+/// their unacknowledged events), and the first error.
 pub async fn publish_round(
     link: &JetStreamLink,
     round: Vec<CommittedBatch>,
     timeout: Duration,
 ) -> (Vec<CommittedBatch>, Vec<CommittedBatch>, Option<String>) {
     let total: usize = round.iter().map(|b| b.events.len()).sum();
-    // acked[i]: the i-th event of the round (batches in order) has its positive ack.
-    let mut acked = vec![false; total];
-    let mut error: Option<String> = None;
     let inbox = link.client.new_inbox();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let subscribed =
+        tokio::time::timeout_at(deadline, link.client.subscribe(format!("{inbox}.*"))).await;
+    let subscription = match subscribed {
+        Ok(Ok(subscription)) => subscription,
+        Ok(Err(err)) => return (Vec::new(), round, Some(err.to_string())),
+        Err(_) => return (Vec::new(), round, Some("timed out subscribing".to_owned())),
+    };
+    let mut acks = Acks {
+        subscription,
+        acked: vec![false; total],
+        answered: 0,
+        error: None,
+    };
     let mut sent = 0usize;
     let sends = async {
-        let acks = link
-            .client
-            .subscribe(format!("{inbox}.*"))
-            .await
-            .map_err(|e| e.to_string())?;
         for batch in &round {
             let received_at = timestamp(batch.received_at);
             for row in &batch.events {
                 if sent % 256 == 255 {
-                    // A long round must not hold a runtime worker from the HTTP requests.
+                    acks.take_ready();
+                    // A long round must not hold a runtime worker from other tasks.
                     tokio::task::yield_now().await;
                 }
                 let (headers, payload) = message_of(row, &received_at);
@@ -108,48 +152,29 @@ pub async fn publish_round(
                 sent += 1;
             }
         }
-        Ok::<_, String>(acks)
+        Ok::<_, String>(())
     };
+    match tokio::time::timeout_at(deadline, sends).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => acks.error = Some(err),
+        Err(_) => acks.error = Some("timed out sending publishes".to_owned()),
+    }
+    // The acks still missing for what was sent, within the same bound again (as each ack
+    // of `send_publish` had the context's timeout). After a failed send, what was sent
+    // may still be acknowledged: those events need no second publish.
     let deadline = tokio::time::Instant::now() + timeout;
-    let acks = match tokio::time::timeout_at(deadline, sends).await {
-        Ok(Ok(acks)) => Some(acks),
-        Ok(Err(err)) => {
-            error = Some(err);
-            None
-        }
-        Err(_) => {
-            error = Some("timed out sending publishes".to_owned());
-            None
-        }
-    };
-    if let Some(mut acks) = acks {
-        // The acks of what was sent, within the same bound again (as each ack of
-        // `send_publish` had the context's timeout).
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut outstanding = sent;
-        while outstanding > 0 {
-            match tokio::time::timeout_at(deadline, acks.next()).await {
-                Ok(Some(message)) => match judge_ack(&message) {
-                    Ok(i) if i < sent => {
-                        if !std::mem::replace(&mut acked[i], true) {
-                            outstanding -= 1;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        error.get_or_insert(err);
-                        // An error answers its publish too: stop waiting for it.
-                        outstanding -= 1;
-                    }
-                },
-                Ok(None) => {
-                    error.get_or_insert_with(|| "the ack subscription ended".to_owned());
-                    break;
-                }
-                Err(_) => {
-                    error.get_or_insert_with(|| "timed out waiting for acks".to_owned());
-                    break;
-                }
+    while acks.answered < sent {
+        match tokio::time::timeout_at(deadline, acks.subscription.next()).await {
+            Ok(Some(message)) => acks.take(&message),
+            Ok(None) => {
+                acks.error
+                    .get_or_insert_with(|| "the ack subscription ended".to_owned());
+                break;
+            }
+            Err(_) => {
+                acks.error
+                    .get_or_insert_with(|| "timed out waiting for acks".to_owned());
+                break;
             }
         }
     }
@@ -158,7 +183,7 @@ pub async fn publish_round(
     let mut i = 0;
     for mut batch in round {
         batch.events.retain(|_| {
-            let keep = !acked[i];
+            let keep = !acks.acked[i];
             i += 1;
             keep
         });
@@ -168,7 +193,7 @@ pub async fn publish_round(
             rest.push(batch);
         }
     }
-    (done, rest, error)
+    (done, rest, acks.error)
 }
 
 #[cfg(test)]
