@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 
 use super::store::CommittedBatch;
@@ -27,11 +27,23 @@ use super::stream::{message_of, subject, timestamp};
 pub struct JetStreamLink {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
+    /// Most publishes of a round awaiting their ack. Must stay below the client's
+    /// subscription capacity (65,536 by default): async-nats drops the messages that
+    /// overflow a subscription's channel, and a lost ack means a needless republish.
+    pub max_pending: usize,
 }
+
+/// [`JetStreamLink::max_pending`] by default: deep enough to keep JetStream busy, far
+/// below async-nats' default subscription capacity.
+pub const MAX_PENDING_ACKS: usize = 4_096;
 
 impl JetStreamLink {
     pub fn new(client: async_nats::Client, jetstream: jetstream::Context) -> Self {
-        Self { client, jetstream }
+        Self {
+            client,
+            jetstream,
+            max_pending: MAX_PENDING_ACKS,
+        }
     }
 }
 
@@ -95,18 +107,26 @@ impl Acks {
         }
     }
 
-    /// Takes the acks that have already arrived, without waiting: the subscription's
-    /// channel is bounded (async-nats drops what overflows it), and a sweeper round can
-    /// send more events than it holds.
-    fn take_ready(&mut self) {
-        while let Some(Some(message)) = self.subscription.next().now_or_never() {
-            self.take(&message);
+    /// Waits for acks until fewer than `max_pending` of `sent` publishes are unanswered.
+    async fn make_room(
+        &mut self,
+        sent: usize,
+        max_pending: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
+        while sent - self.answered.min(sent) >= max_pending.max(1) {
+            match tokio::time::timeout_at(deadline, self.subscription.next()).await {
+                Ok(Some(message)) => self.take(&message),
+                Ok(None) => return Err("the ack subscription ended".to_owned()),
+                Err(_) => return Err("timed out waiting for acks".to_owned()),
+            }
         }
+        Ok(())
     }
 }
 
-/// Publishes every event of `round` (all sends first, then the acks still missing, each
-/// phase within `timeout`). Returns the batches fully acknowledged, the rest (with only
+/// Publishes every event of `round` (sends pipelined, at most `max_pending` awaiting
+/// their ack; then the acks still missing; each phase within `timeout`). Returns the batches fully acknowledged, the rest (with only
 /// their unacknowledged events), and the first error.
 pub async fn publish_round(
     link: &JetStreamLink,
@@ -134,8 +154,8 @@ pub async fn publish_round(
         for batch in &round {
             let received_at = timestamp(batch.received_at);
             for row in &batch.events {
+                acks.make_room(sent, link.max_pending, deadline).await?;
                 if sent % 256 == 255 {
-                    acks.take_ready();
                     // A long round must not hold a runtime worker from other tasks.
                     tokio::task::yield_now().await;
                 }
