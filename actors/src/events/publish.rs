@@ -1,5 +1,7 @@
 //! Publishing a round of committed events to JetStream: every event with
-//! `Nats-Msg-Id = eventId`, all sends first, then all acks awaited.
+//! `Nats-Msg-Id = eventId`, sends pipelined (at most `max_pending` awaiting their ack, below
+//! the ack subscription's channel capacity: async-nats drops what overflows it), then the
+//! acks still missing awaited.
 //!
 //! Why not `jetstream::Context::send_publish`: per message it starts a timer around the
 //! send, draws a fresh inbox, registers a request in the connection's reply table and
@@ -7,8 +9,8 @@
 //! `join_all` took about a quarter of the sidecar's cycles under load (profile in
 //! BENCHMARKS.md). A round instead subscribes once to a wildcard inbox of its own
 //! (`<inbox>.*`), publishes each event with the reply subject `<inbox>.<index>`, and reads
-//! the acks off that one subscription until every index is answered or the deadline
-//! passes: the same JetStream publish with the same guarantees (an event counts as
+//! the acks off that one subscription (while sending too) until every index is answered
+//! or the deadline passes: the same JetStream publish with the same guarantees (an event counts as
 //! published only on its own positive ack), with one timer per round instead of two per
 //! event. The subscription is sent on the same connection before the first publish, so the
 //! server knows it before any ack is due.
