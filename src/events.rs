@@ -73,9 +73,7 @@ pub async fn build(
     let nats = match &settings.nats_url {
         None => None,
         Some(url) => {
-            let client = background
-                .run(connect_nats(url.expose().to_owned()))
-                .await??;
+            let client = connect_nats(background, url.expose()).await?;
             let mut js = jetstream::new(client.clone());
             js.set_timeout(Duration::from_secs(3));
             match tokio::time::timeout(
@@ -131,11 +129,7 @@ pub async fn build(
     if let (Some(url), Some(_)) = (&settings.nats_url, &nats) {
         // A connection of its own: behind the relay's publishes on a shared one, the
         // aggregator's fetches and acks waited in the same queue.
-        let mut js = jetstream::new(
-            background
-                .run(connect_nats(url.expose().to_owned()))
-                .await??,
-        );
+        let mut js = jetstream::new(connect_nats(background, url.expose()).await?);
         js.set_timeout(Duration::from_secs(3));
         children.push(
             ChildSpec::actor(
@@ -218,8 +212,13 @@ pub async fn build(
     })
 }
 
-/// A NATS connection that keeps trying (at start-up too) and queues up to 16k messages.
-async fn connect_nats(url: String) -> anyhow::Result<async_nats::Client> {
+/// A NATS connection that keeps trying (at start-up too) and queues up to 16k messages,
+/// opened on the background runtime (its connection task runs there).
+async fn connect_nats(background: &Background, url: &str) -> anyhow::Result<async_nats::Client> {
+    background.run(open_nats_connection(url.to_owned())).await?
+}
+
+async fn open_nats_connection(url: String) -> anyhow::Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .client_capacity(16_384)

@@ -109,14 +109,15 @@ impl Acks {
         }
     }
 
-    /// Waits for acks until fewer than `max_pending` of `sent` publishes are unanswered.
-    async fn make_room(
+    /// Waits for acks until fewer than `limit` of `sent` publishes are unanswered (a
+    /// `limit` of 1: all answered).
+    async fn wait_below(
         &mut self,
         sent: usize,
-        max_pending: usize,
+        limit: usize,
         deadline: tokio::time::Instant,
     ) -> Result<(), String> {
-        while sent - self.answered.min(sent) >= max_pending.max(1) {
+        while sent - self.answered.min(sent) >= limit.max(1) {
             match tokio::time::timeout_at(deadline, self.subscription.next()).await {
                 Ok(Some(message)) => self.take(&message),
                 Ok(None) => return Err("the ack subscription ended".to_owned()),
@@ -128,8 +129,9 @@ impl Acks {
 }
 
 /// Publishes every event of `round` (sends pipelined, at most `max_pending` awaiting
-/// their ack; then the acks still missing; each phase within `timeout`). Returns the batches fully acknowledged, the rest (with only
-/// their unacknowledged events), and the first error.
+/// their ack; then the acks still missing; each phase within `timeout`). Returns the
+/// batches fully acknowledged, the rest (with only their unacknowledged events), and the
+/// first error.
 pub async fn publish_round(
     link: &JetStreamLink,
     round: Vec<CommittedBatch>,
@@ -156,7 +158,7 @@ pub async fn publish_round(
         for batch in &round {
             let received_at = timestamp(batch.received_at);
             for row in &batch.events {
-                acks.make_room(sent, link.max_pending, deadline).await?;
+                acks.wait_below(sent, link.max_pending, deadline).await?;
                 if sent % 256 == 255 {
                     // A long round must not hold a runtime worker from other tasks.
                     tokio::task::yield_now().await;
@@ -185,20 +187,8 @@ pub async fn publish_round(
     // of `send_publish` had the context's timeout). After a failed send, what was sent
     // may still be acknowledged: those events need no second publish.
     let deadline = tokio::time::Instant::now() + timeout;
-    while acks.answered < sent {
-        match tokio::time::timeout_at(deadline, acks.subscription.next()).await {
-            Ok(Some(message)) => acks.take(&message),
-            Ok(None) => {
-                acks.error
-                    .get_or_insert_with(|| "the ack subscription ended".to_owned());
-                break;
-            }
-            Err(_) => {
-                acks.error
-                    .get_or_insert_with(|| "timed out waiting for acks".to_owned());
-                break;
-            }
-        }
+    if let Err(err) = acks.wait_below(sent, 1, deadline).await {
+        acks.error.get_or_insert(err);
     }
     let mut done = Vec::new();
     let mut rest = Vec::new();
